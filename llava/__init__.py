@@ -1,0 +1,1 @@
+"""proxyv: LLaVA-NeXT-style multimodal LLMs with ProxyV proxy vision tokens."""

@@ -1,0 +1,32 @@
+"""Packaging for proxyv: the `llava` package with the ProxyV decoder.
+
+torch is required but never pinned to a different build than the one installed: the range below
+admits any torch 2.x, so pip keeps the wheel that is already there (CPU or CUDA).
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="proxyv",
+    version="0.1.0",
+    description="LLaVA-NeXT-style multimodal LLMs with ProxyV (ICML 2025) proxy vision tokens",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["llava", "llava.*"]),
+    install_requires=[
+        "torch>=2.4,<3",
+        "transformers>=5.20,<5.24",
+        "tokenizers>=0.22",
+        "safetensors>=0.4",
+        "accelerate>=1.0",
+        "pillow>=10.1",
+        "numpy>=1.26",
+        "tqdm",
+    ],
+    extras_require={
+        "train": ["deepspeed>=0.16", "peft>=0.13", "accelerate>=1.0", "wandb"],
+        "flash": ["flash-attn>=2.6"],
+        "dev": ["pytest>=8", "ruff>=0.6"],
+    },
+)
