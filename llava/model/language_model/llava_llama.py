@@ -1,0 +1,201 @@
+"""Baseline LLaVA-NeXT model on Llama: `LlavaConfig`, `LlavaLlamaModel`, `LlavaLlamaForCausalLM`.
+
+The decoder is transformers' Llama unchanged; this module adds the multimodal input step, the
+attention mask that follows the layout's position ids, and generation from images. Registered with
+the Auto classes under `model_type = "llava_llama"`.
+"""
+
+import logging
+
+import torch
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaModel
+from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
+
+from ..layout import MultimodalLayout
+from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
+from ..masks import additive_mask, position_causal_visibility
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GRID_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+IMAGE_ASPECT_RATIOS = ("anyres", "pad", "square")
+PATCH_MERGE_TYPES = ("spatial_unpad", "spatial", "flat")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"Unknown {name} '{value}'. Known: {', '.join(map(str, choices))}.")
+
+
+@strict
+class LlavaConfig(LlamaConfig):
+    """Llama config plus the multimodal options (names as in LLaVA-NeXT and the ProxyV release).
+
+    `image_newline_positions` picks the newline position scheme (DESIGN.md section 5). Left unset,
+    it is `"release"` for a config written by the authors' code (it has their `proxyv` key) and
+    `"natural"` otherwise; our own saves always write it.
+    """
+
+    model_type = "llava_llama"
+
+    mm_vision_tower: str | None = None
+    mm_vision_tower_config: dict | None = None
+    mm_hidden_size: int | None = None
+    mm_projector_type: str = "mlp2x_gelu"
+    mm_vision_select_layer: int = -2
+    mm_vision_select_feature: str = "patch"
+    mm_patch_merge_type: str = "spatial_unpad"
+    image_aspect_ratio: str = "anyres"
+    image_grid_pinpoints: list | str | None = None
+    mm_use_im_start_end: bool = False
+    mm_use_im_patch_token: bool = False
+    tokenizer_model_max_length: int | None = None
+    tokenizer_padding_side: str = "right"
+    image_newline_positions: str | None = None
+    proxyv: bool | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.image_newline_positions is None:
+            self.image_newline_positions = "release" if self.proxyv is not None else "natural"
+        if self.image_grid_pinpoints is None:
+            self.image_grid_pinpoints = [list(p) for p in DEFAULT_GRID_PINPOINTS]
+        _check_choice("image_newline_positions", self.image_newline_positions, ("natural", "release"))
+        _check_choice("image_aspect_ratio", self.image_aspect_ratio, IMAGE_ASPECT_RATIOS)
+        _check_choice("mm_patch_merge_type", self.mm_patch_merge_type, PATCH_MERGE_TYPES)
+        _check_choice("tokenizer_padding_side", self.tokenizer_padding_side, ("right", "left"))
+        if self.mm_use_im_start_end:
+            raise ValueError("mm_use_im_start_end=True is not supported; LLaVA-NeXT and ProxyV train with False.")
+        super().__post_init__(**kwargs)
+
+
+class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
+    """Llama decoder that also owns the vision tower, projector and image newline."""
+
+    config_class = LlavaConfig
+
+    def __init__(self, config: LlavaConfig):
+        super().__init__(config)
+        self.init_multimodal_modules(config)
+        self.post_init()
+
+
+class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
+    """The baseline LLaVA-NeXT causal LM: images in, text out."""
+
+    config_class = LlavaConfig
+    inner_model_class = LlavaLlamaModel
+
+    def __init__(self, config: LlavaConfig):
+        LlamaPreTrainedModel.__init__(self, config)
+        self.model = self.inner_model_class(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        images=None,
+        image_sizes=None,
+        multimodal_layout: MultimodalLayout | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ):
+        """LLaVA's forward: with `images`, placeholders in `input_ids` are expanded first (right padding)."""
+        if inputs_embeds is None and (images is not None or self.has_image_placeholders(input_ids)):
+            inputs_embeds, labels, multimodal_layout = self.prepare_inputs_labels_for_multimodal(
+                input_ids, attention_mask, labels, images, image_sizes, padding_side="right"
+            )
+            input_ids, attention_mask, position_ids = None, multimodal_layout.attention_mask, multimodal_layout.position_ids
+        if multimodal_layout is not None:
+            attention_mask = self.layout_attention_mask(multimodal_layout, inputs_embeds.dtype)
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    def layout_attention_mask(self, layout: MultimodalLayout, dtype: torch.dtype) -> torch.Tensor:
+        """The mask for a prefill over `layout`: the 2D padding mask when positions follow the
+        sequence (transformers then builds the causal mask for any attention backend), else a 4D
+        mask that follows position ids, as the authors' release does."""
+        if layout.index_causal:
+            return layout.attention_mask
+        if self.config._attn_implementation == "flash_attention_2":
+            raise ValueError(
+                "This checkpoint uses the release newline positions, whose causal mask follows position ids; "
+                "flash-attention cannot express it. Load it with attn_implementation='sdpa' (the builder does "
+                "this for you) or set image_newline_positions='natural'."
+            )
+        return additive_mask(position_causal_visibility(layout.position_ids, layout.attention_mask), dtype)
+
+    @torch.no_grad()
+    def generate(self, inputs: torch.Tensor | None = None, images=None, image_sizes=None, **kwargs):
+        """Generate from token ids with `<image>` placeholders; returns only the new tokens.
+
+        The prompt is re-padded on the left after the images are expanded, and its position ids go
+        to transformers' generation loop, which continues them by one per new token.
+        """
+        if "inputs_embeds" in kwargs:
+            raise ValueError("Pass token ids with image placeholders and `images`, not `inputs_embeds`.")
+        attention_mask = kwargs.pop("attention_mask", None)
+        if images is None and not self.has_image_placeholders(inputs):
+            if inputs is not None and attention_mask is not None:
+                kwargs["attention_mask"] = attention_mask
+            output = super().generate(inputs, **kwargs)
+            return output if inputs is None else output[:, inputs.shape[1] :]
+        inputs_embeds, _, layout = self.prepare_inputs_labels_for_multimodal(
+            inputs, attention_mask, None, images, image_sizes, padding_side="left"
+        )
+        return super().generate(
+            inputs_embeds=inputs_embeds,
+            attention_mask=layout.attention_mask,
+            position_ids=layout.position_ids,
+            multimodal_layout=layout,
+            **kwargs,
+        )
+
+    def prepare_inputs_for_generation(
+        self, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None, multimodal_layout=None, **kwargs
+    ):
+        """The layout belongs to the prompt: it goes with the first step only, or, without a KV
+        cache, with every step over the prompt plus the tokens generated so far."""
+        is_first = kwargs.get("is_first_iteration", False)
+        if multimodal_layout is not None and not is_first and not kwargs.get("use_cache", True):
+            return self._recompute_inputs(
+                input_ids, multimodal_layout, inputs_embeds, attention_mask, kwargs["position_ids"]
+            )
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, past_key_values=past_key_values, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+        )
+        if is_first:
+            model_inputs["multimodal_layout"] = multimodal_layout
+        return model_inputs
+
+    def _recompute_inputs(self, new_ids, layout, inputs_embeds, attention_mask, position_ids):
+        """Inputs for a step without cache: the prompt's embeddings followed by the new tokens."""
+        new_embeds = self.get_input_embeddings()(new_ids)  # [B, n, D]
+        return {
+            "inputs_embeds": torch.cat([inputs_embeds, new_embeds], dim=1),
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "multimodal_layout": layout.with_appended_text(new_ids.shape[1], position_ids, attention_mask),
+            "use_cache": False,
+        }
+
+
+AutoConfig.register("llava_llama", LlavaConfig)
+AutoModelForCausalLM.register(LlavaConfig, LlavaLlamaForCausalLM)

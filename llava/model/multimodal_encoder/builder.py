@@ -1,0 +1,20 @@
+"""Build the vision tower named by a LLaVA config."""
+
+from .clip_encoder import CLIPVisionTower
+
+
+def build_vision_tower(config) -> CLIPVisionTower:
+    """The tower from `mm_vision_tower` (path or hub name), with the config's layer choice.
+
+    A config that carries `mm_vision_tower_config` (our checkpoints do) builds the tower's
+    architecture without reading `mm_vision_tower`, so a saved checkpoint is self-contained.
+    """
+    name = getattr(config, "mm_vision_tower", None)
+    if not name:
+        raise ValueError("The config has no `mm_vision_tower`; set it to a CLIP path or hub name.")
+    return CLIPVisionTower(
+        name,
+        select_layer=getattr(config, "mm_vision_select_layer", -2),
+        select_feature=getattr(config, "mm_vision_select_feature", "patch") or "patch",
+        vision_config=getattr(config, "mm_vision_tower_config", None),
+    )

@@ -1,0 +1,77 @@
+"""CLIP vision tower: patch features of one hidden layer, CLS dropped, frozen by default.
+
+The tower is an ordinary transformers `CLIPVisionModel` held as `self.vision_tower`, so LLaVA
+checkpoints find its weights under `model.vision_tower.vision_tower.vision_model.*`.
+"""
+
+import logging
+
+import torch
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+logger = logging.getLogger(__name__)
+
+SELECT_FEATURES = ("patch", "cls_patch")
+
+
+class CLIPVisionTower(nn.Module):
+    """Turns pixel crops [N, 3, H, W] into patch features [N, g*g, d_vis]."""
+
+    def __init__(
+        self,
+        vision_tower_name: str,
+        select_layer: int = -2,
+        select_feature: str = "patch",
+        vision_config: dict | None = None,
+    ):
+        super().__init__()
+        if select_feature not in SELECT_FEATURES:
+            raise ValueError(
+                f"Unknown mm_vision_select_feature '{select_feature}'. Known: {', '.join(SELECT_FEATURES)}."
+            )
+        self.vision_tower_name = vision_tower_name
+        self.select_layer = select_layer
+        self.select_feature = select_feature
+        if vision_config is not None:
+            config = CLIPVisionConfig(**vision_config)
+        else:
+            config = CLIPVisionConfig.from_pretrained(vision_tower_name)
+        # Weights come from the LLaVA checkpoint or from `load_pretrained_weights()`.
+        self.vision_tower = CLIPVisionModel(config)
+        self.vision_tower.requires_grad_(False)
+
+    def load_pretrained_weights(self) -> None:
+        """Load the tower's own weights from `vision_tower_name` (a local folder or a hub name)."""
+        logger.info("Loading vision tower weights from %s", self.vision_tower_name)
+        pretrained = CLIPVisionModel.from_pretrained(self.vision_tower_name)
+        self.vision_tower.load_state_dict(pretrained.state_dict(), strict=True)
+        del pretrained
+
+    @property
+    def config(self) -> CLIPVisionConfig:
+        return self.vision_tower.config
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def num_patches_per_side(self) -> int:
+        return self.config.image_size // self.config.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.num_patches_per_side**2
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vision_tower.dtype
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] -> [N, g*g, d_vis] (or [N, 1+g*g, d_vis] for `cls_patch`)."""
+        outputs = self.vision_tower(pixel_values.to(self.dtype), output_hidden_states=True)
+        features = outputs.hidden_states[self.select_layer]  # [N, 1+g*g, d_vis]
+        if self.select_feature == "patch":
+            features = features[:, 1:]
+        return features
