@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from .model_registry import causal_lm_class_for_config
+from .model_registry import causal_lm_class_for_config, config_for_class
 from .projector_weights import load_mm_projector_weights
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def load_pretrained_model(
         setattr(config, key, value)
     attn = resolve_attn_implementation(attn_implementation, config)
     model_class = causal_lm_class_for_config(config)
-    config = model_class.config_class.from_dict(config.to_dict()) if type(config) is not model_class.config_class else config
+    config = config_for_class(config, model_class)
 
     load_kwargs = {"dtype": dtype, "attn_implementation": attn, **kwargs}
     if load_8bit or load_4bit:

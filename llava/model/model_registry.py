@@ -1,15 +1,14 @@
 """Which causal-LM class a config asks for: decided from `model_type` and `proxyv`, never a path."""
 
 from .language_model.llava_llama import LlavaLlamaForCausalLM
+from .language_model.proxyv_llama import LlavaProxyVLlamaForCausalLM, proxyv_config_from
 
-_BY_MODEL_TYPE = {"llava_llama": LlavaLlamaForCausalLM}
-_PROXYV_BY_MODEL_TYPE: dict = {}
-
-
-def register_proxyv_class(model_type: str, model_class) -> None:
-    """Register the ProxyV class that a `model_type` config with `proxyv: true` loads into."""
-    _PROXYV_BY_MODEL_TYPE[model_type] = model_class
-    _BY_MODEL_TYPE.setdefault(model_class.config_class.model_type, model_class)
+_BY_MODEL_TYPE = {
+    "llava_llama": LlavaLlamaForCausalLM,
+    "llava_proxyv_llama": LlavaProxyVLlamaForCausalLM,
+}
+# The authors' release writes ProxyV checkpoints as `llava_llama` with `proxyv: true`.
+_PROXYV_BY_MODEL_TYPE = {"llava_llama": LlavaProxyVLlamaForCausalLM}
 
 
 def causal_lm_class_for_config(config):
@@ -18,8 +17,17 @@ def causal_lm_class_for_config(config):
     if model_type not in _BY_MODEL_TYPE:
         raise ValueError(
             f"Unknown model_type '{model_type}' for a LLaVA checkpoint. Known: {', '.join(sorted(_BY_MODEL_TYPE))}. "
-            "A plain language model (e.g. model_type 'llama') is loaded through training's --model_name_or_path."
+            "A plain language model (e.g. model_type 'llama') is the starting point of training, not a LLaVA model."
         )
     if getattr(config, "proxyv", None) and model_type in _PROXYV_BY_MODEL_TYPE:
         return _PROXYV_BY_MODEL_TYPE[model_type]
     return _BY_MODEL_TYPE[model_type]
+
+
+def config_for_class(config, model_class):
+    """`config` as the class's own config type (the authors' `llava_llama` + proxyv -> ProxyV config)."""
+    if isinstance(config, model_class.config_class):
+        return config
+    if model_class is LlavaProxyVLlamaForCausalLM:
+        return proxyv_config_from(config)
+    return model_class.config_class(**{k: v for k, v in config.to_dict().items() if k != "model_type"})

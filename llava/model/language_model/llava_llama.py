@@ -125,8 +125,13 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
             labels=labels,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
+            **self.decoder_layout_kwargs(multimodal_layout),
             **kwargs,
         )
+
+    def decoder_layout_kwargs(self, layout: MultimodalLayout | None) -> dict:
+        """What the inner decoder needs from the layout besides the mask: nothing for the baseline."""
+        return {}
 
     def layout_attention_mask(self, layout: MultimodalLayout, dtype: torch.dtype) -> torch.Tensor:
         """The mask for a prefill over `layout`: the 2D padding mask when positions follow the

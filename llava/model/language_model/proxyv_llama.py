@@ -1,0 +1,167 @@
+"""ProxyV on Llama: `LlavaProxyVConfig`, `LlavaProxyVLlamaModel`, `LlavaProxyVLlamaForCausalLM`.
+
+Layers `0 .. s-1` are ordinary; from `s = proxyv_start_layer` on, each layer is a
+`ProxyVDecoderLayer` running the two-stream computation of DESIGN.md section 4 with its own
+`VisionMLP`. Our checkpoints save as `model_type = "llava_proxyv_llama"`; the authors' release
+(`model_type = "llava_llama"` with `proxyv: true`) loads into the same classes via the builder.
+"""
+
+import math
+
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+from ..layout import MultimodalLayout
+from ..proxyv.layer import ProxyVDecoderLayer
+from ..proxyv.modules import LearnedProxyInitializer, VisionMLP, reduced_hidden_size, spatial_proxies
+from ..proxyv.plan import build_proxyv_plan
+from .llava_llama import LlavaConfig, LlavaLlamaForCausalLM, LlavaLlamaModel
+
+
+@strict
+class LlavaProxyVConfig(LlavaConfig):
+    """LLaVA config plus ProxyV's options (names as in the authors' release).
+
+    `proxyv_start_layer` defaults to the middle layer; `s = num_hidden_layers` means no ProxyV
+    layer. `hidden_size_reduce_factor` defaults to 4 when hidden_size >= 1024, else 2.
+    """
+
+    model_type = "llava_proxyv_llama"
+
+    proxyv_start_layer: int | None = None
+    proxyv_reduce_factor: int = 4
+    per_crop_token_len: int = 576
+    max_num_image_crops: int = 5
+    learn_proxy: bool = False
+    hidden_size_reduce_factor: int | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.image_newline_positions is None:
+            # The authors' config has `proxyv` and no scheme key; a config built in code has neither.
+            self.image_newline_positions = "release" if self.proxyv is not None else "natural"
+        self.proxyv = True
+        kwargs.pop("image_token_len_per_side", None)  # the authors' derived key; we derive it
+        if self.proxyv_start_layer is None:
+            self.proxyv_start_layer = self.num_hidden_layers // 2
+        if self.hidden_size_reduce_factor is None:
+            self.hidden_size_reduce_factor = 4 if self.hidden_size >= 1024 else 2
+        self._check_proxyv_options()
+        super().__post_init__(**kwargs)
+
+    def _check_proxyv_options(self) -> None:
+        if not 0 <= self.proxyv_start_layer <= self.num_hidden_layers:
+            raise ValueError(
+                f"proxyv_start_layer must be in [0, {self.num_hidden_layers}] (num_hidden_layers), "
+                f"got {self.proxyv_start_layer}."
+            )
+        grid = math.isqrt(self.per_crop_token_len)
+        if grid * grid != self.per_crop_token_len:
+            raise ValueError(f"per_crop_token_len must be a square (g*g), got {self.per_crop_token_len}.")
+        if self.proxyv_reduce_factor < 1 or grid % self.proxyv_reduce_factor:
+            raise ValueError(
+                f"proxyv_reduce_factor {self.proxyv_reduce_factor} must divide the crop grid side {grid}."
+            )
+
+    @property
+    def image_token_len_per_side(self) -> int:
+        return math.isqrt(self.per_crop_token_len)
+
+    @property
+    def proxy_grid_size(self) -> int:
+        return self.image_token_len_per_side // self.proxyv_reduce_factor
+
+    @property
+    def num_proxies_per_crop(self) -> int:
+        return self.proxy_grid_size**2
+
+
+class LlavaProxyVLlamaModel(LlavaLlamaModel):
+    """LLaVA decoder whose layers from `proxyv_start_layer` on are ProxyV layers."""
+
+    config_class = LlavaProxyVConfig
+
+    def __init__(self, config: LlavaProxyVConfig):
+        super().__init__(config)
+        start, num_layers = config.proxyv_start_layer, config.num_hidden_layers
+        for index in range(start, num_layers):
+            self.layers[index] = ProxyVDecoderLayer(config, index)
+        reduced = reduced_hidden_size(config.hidden_size, config.hidden_size_reduce_factor)
+        self.vision_mlp_layers = nn.ModuleList(
+            VisionMLP(config.hidden_size, reduced, config.rms_norm_eps) for _ in range(num_layers - start)
+        )
+        if config.learn_proxy:
+            self.proxyv_initializer = LearnedProxyInitializer(config.hidden_size, reduced, config.num_proxies_per_crop)
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, LearnedProxyInitializer):
+            nn.init.normal_(module.proxyv_tokens, std=1 / math.sqrt(module.proxyv_tokens.shape[-1]))
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, use_cache=None, multimodal_layout: MultimodalLayout | None = None, **kwargs):
+        """ProxyV prefill when the batch has image crops and ProxyV layers; else the plain decoder."""
+        start = self.config.proxyv_start_layer
+        if multimodal_layout is None or multimodal_layout.num_crops == 0 or start >= self.config.num_hidden_layers:
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+                                   use_cache=use_cache, **kwargs)
+        if inputs_embeds is None:
+            raise ValueError("The ProxyV prefill takes inputs_embeds built by the multimodal layout step.")
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        hidden = self._standard_layers(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, **kwargs)
+        hidden = self._proxyv_layers(hidden, multimodal_layout, past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden),
+                                       past_key_values=past_key_values if use_cache else None)
+
+    def _standard_layers(self, hidden, attention_mask, position_ids, past_key_values, use_cache, **kwargs):
+        """Layers 0 .. s-1 over the natural sequence, exactly as the baseline runs them."""
+        mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                                  past_key_values=past_key_values, position_ids=position_ids)
+        position_embeddings = self.rotary_emb(hidden, position_ids=position_ids)
+        for layer in self.layers[: self.config.proxyv_start_layer]:
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings,
+                           position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache, **kwargs)
+        return hidden
+
+    def _proxyv_layers(self, hidden, layout: MultimodalLayout, past_key_values):
+        """Create the proxies entering layer s, then run every ProxyV layer on the two streams."""
+        config = self.config
+        plan = build_proxyv_plan(layout, config.num_proxies_per_crop, hidden.dtype)
+        full = plan.gather_full(hidden)  # [N, G, D]
+        if config.learn_proxy:
+            proxies, assignment = self.proxyv_initializer(full)  # [N, n, D], [N, G, n]
+        else:
+            proxies = spatial_proxies(full, config.image_token_len_per_side, config.proxy_grid_size)
+            assignment = None
+        proxy_stream = plan.arrange_proxies(proxies, hidden.shape[0])  # [B, P, D]
+        for layer, vision_mlp in zip(self.layers[config.proxyv_start_layer :], self.vision_mlp_layers):
+            hidden, proxy_stream = layer(hidden, proxy_stream, assignment, proxyv_plan=plan, vision_mlp=vision_mlp,
+                                         rotary=self.rotary_emb, past_key_values=past_key_values)
+        return hidden
+
+
+class LlavaProxyVLlamaForCausalLM(LlavaLlamaForCausalLM):
+    """LLaVA causal LM with the ProxyV decoder; same inputs, outputs and generation as the baseline."""
+
+    config_class = LlavaProxyVConfig
+    inner_model_class = LlavaProxyVLlamaModel
+
+    def decoder_layout_kwargs(self, layout: MultimodalLayout | None) -> dict:
+        return {"multimodal_layout": layout}
+
+
+def proxyv_config_from(config) -> LlavaProxyVConfig:
+    """A ProxyV config from any LLaVA config dict-compatible object (e.g. the authors' `llava_llama`)."""
+    values = config.to_dict()
+    values.pop("model_type", None)
+    return LlavaProxyVConfig(**values)
+
+
+AutoConfig.register("llava_proxyv_llama", LlavaProxyVConfig)
+AutoModelForCausalLM.register(LlavaProxyVConfig, LlavaProxyVLlamaForCausalLM)
