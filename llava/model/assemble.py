@@ -1,0 +1,55 @@
+"""Build a fresh LLaVA (or ProxyV) model from a pretrained language model and a CLIP tower.
+
+This is where training starts (LLaVA's `initialize_vision_modules`): the LLM's weights are copied
+in, the vision tower's own weights are loaded from `vision_tower`, and the projector, the image
+newline and (for ProxyV) the guided-update modules start from their initialisation.
+"""
+
+import logging
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+from .language_model.proxyv_llama import LlavaProxyVConfig, LlavaProxyVLlamaForCausalLM
+
+logger = logging.getLogger(__name__)
+
+MULTIMODAL_PREFIXES = ("model.vision_tower.", "model.mm_projector.", "model.image_newline",
+                       "model.vision_mlp_layers.", "model.proxyv_initializer.")
+
+
+def llava_config_from_llm(llm_config, vision_tower: str, proxyv_start_layer: int | None = None, **options):
+    """A LLaVA config (ProxyV when `proxyv_start_layer` is given) carrying the LLM's architecture."""
+    if llm_config.model_type != "llama":
+        raise ValueError(f"Only Llama-architecture language models are supported, got model_type '{llm_config.model_type}'.")
+    values = {k: v for k, v in llm_config.to_dict().items() if k not in ("model_type", "architectures")}
+    values.update(mm_vision_tower=vision_tower, image_newline_positions="natural", **options)
+    if proxyv_start_layer is None:
+        return LlavaConfig(**values)
+    return LlavaProxyVConfig(proxyv_start_layer=proxyv_start_layer, **values)
+
+
+def build_llava_from_llm(
+    llm_path: str,
+    vision_tower: str,
+    proxyv_start_layer: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    **options,
+):
+    """LLaVA model = pretrained LLM + pretrained CLIP tower + fresh multimodal modules."""
+    config = llava_config_from_llm(AutoConfig.from_pretrained(llm_path), vision_tower, proxyv_start_layer, **options)
+    model_class = LlavaLlamaForCausalLM if proxyv_start_layer is None else LlavaProxyVLlamaForCausalLM
+    llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=dtype)
+    model = model_class._from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+    result = model.load_state_dict(llm.state_dict(), strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"The language model at {llm_path} has weights a Llama LLaVA does not: {result.unexpected_keys[:5]}")
+    not_multimodal = [k for k in result.missing_keys if not k.startswith(MULTIMODAL_PREFIXES)]
+    if not_multimodal:
+        raise ValueError(f"The language model at {llm_path} lacks weights: {not_multimodal[:5]}")
+    del llm
+    model.get_vision_tower().load_pretrained_weights()
+    logger.info("Built %s from %s + %s", model_class.__name__, llm_path, vision_tower)
+    return model
