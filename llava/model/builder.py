@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from .model_registry import causal_lm_class_for_config, config_for_class
+from .model_registry import causal_lm_class_for_config, check_model_type, config_for_class
 from .projector_weights import load_mm_projector_weights
 
 logger = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ def load_pretrained_model(
     if (load_8bit or load_4bit) and not device.startswith("cuda"):
         raise ValueError("--load-8bit/--load-4bit need a CUDA GPU (bitsandbytes); on CPU load in full precision.")
     dtype = resolve_dtype(torch_dtype, device)
+    check_model_type(model_path)
     config = AutoConfig.from_pretrained(model_path)
     for key, value in (overwrite_config or {}).items():
         setattr(config, key, value)

@@ -54,15 +54,43 @@ class MultimodalLayout:
         """[N] sequence index of every crop's newline token."""
         return self.crop_start + self.tokens_per_crop
 
-    def with_appended_text(self, num_new: int, position_ids: torch.Tensor, attention_mask: torch.Tensor):
+    def positions_after(self, num_new: int) -> torch.Tensor:
+        """[B, num_new] positions of text appended after the sequence: text always continues at the
+        count of real tokens before it (under both newline schemes), so generated tokens do too."""
+        start = self.attention_mask.sum(dim=1, keepdim=True)  # [B, 1]
+        return start + torch.arange(num_new, device=start.device)
+
+    def with_appended_text(self, num_new: int, attention_mask: torch.Tensor):
         """The layout after `num_new` text tokens were appended on the right (generation)."""
         batch = self.token_kind.shape[0]
         new_kinds = torch.full((batch, num_new), TOKEN_TEXT, dtype=self.token_kind.dtype, device=self.token_kind.device)
         return replace(
             self,
             token_kind=torch.cat([self.token_kind, new_kinds], dim=1),
-            position_ids=position_ids,
+            position_ids=torch.cat([self.position_ids, self.positions_after(num_new)], dim=1),
             attention_mask=attention_mask,
+        )
+
+    def repeat_interleave(self, copies: int):
+        """Every sample repeated `copies` times in place (beam search, several return sequences)."""
+        if copies == 1:
+            return self
+        copy_index = torch.arange(copies, device=self.crop_batch.device)
+        crop_batch = (self.crop_batch[:, None] * copies + copy_index).flatten()  # [N * copies]
+        order = torch.argsort(crop_batch, stable=True)  # crops stay in batch order
+
+        def per_crop(values):  # [N] -> [N * copies], each crop's copies next to each other, then sorted
+            return values[:, None].expand(-1, copies).flatten()[order]
+
+        return replace(
+            self,
+            token_kind=self.token_kind.repeat_interleave(copies, dim=0),
+            position_ids=self.position_ids.repeat_interleave(copies, dim=0),
+            attention_mask=self.attention_mask.repeat_interleave(copies, dim=0),
+            crop_batch=crop_batch[order],
+            crop_start=per_crop(self.crop_start),
+            crop_index=per_crop(self.crop_index),
+            crop_image_start=per_crop(self.crop_image_start),
         )
 
 
@@ -83,12 +111,18 @@ def _image_block_kinds(num_crops: int, tokens_per_crop: int) -> torch.Tensor:
     return kinds.flatten()
 
 
-def _check_inputs(input_ids, image_features, padding_side, newline_scheme):
+def _check_inputs(input_ids, attention_mask, image_features, padding_side, newline_scheme):
     if padding_side not in PADDING_SIDES:
         raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got '{padding_side}'.")
     if newline_scheme not in NEWLINE_SCHEMES:
         raise ValueError(f"image_newline_positions must be one of {NEWLINE_SCHEMES}, got '{newline_scheme}'.")
-    num_placeholders = int((input_ids == IMAGE_TOKEN_INDEX).sum())
+    is_placeholder = input_ids == IMAGE_TOKEN_INDEX
+    if bool((is_placeholder & ~attention_mask.bool()).any()):
+        raise ValueError(
+            f"An image placeholder (token {IMAGE_TOKEN_INDEX}) sits under attention_mask == 0; placeholders "
+            "must be real tokens. Check how the prompts were padded."
+        )
+    num_placeholders = int(is_placeholder.sum())
     if num_placeholders != len(image_features):
         raise ValueError(
             f"The batch has {num_placeholders} image placeholder(s) (token {IMAGE_TOKEN_INDEX}) but "
@@ -115,10 +149,10 @@ def build_multimodal_sequence(
     image_features: one tensor [C_i, g*g, D] per placeholder, in batch order.
     image_newline: [D] learned token appended after every crop.
     """
-    _check_inputs(input_ids, image_features, padding_side, newline_scheme)
-    device = input_ids.device
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
+    _check_inputs(input_ids, attention_mask, image_features, padding_side, newline_scheme)
+    device = input_ids.device
     keep = attention_mask.bool()
     # Embed all text at once; placeholders get a dummy id and are replaced below.
     text_embeds = embed_tokens(input_ids.masked_fill(input_ids == IMAGE_TOKEN_INDEX, 0))  # [B, L, D]

@@ -1,5 +1,8 @@
 """Which causal-LM class a config asks for: decided from `model_type` and `proxyv`, never a path."""
 
+import json
+import os
+
 from .language_model.llava_llama import LlavaLlamaForCausalLM
 from .language_model.proxyv_llama import LlavaProxyVLlamaForCausalLM, proxyv_config_from
 
@@ -11,14 +14,28 @@ _BY_MODEL_TYPE = {
 _PROXYV_BY_MODEL_TYPE = {"llava_llama": LlavaProxyVLlamaForCausalLM}
 
 
+def _unknown_model_type(model_type) -> ValueError:
+    return ValueError(
+        f"Unknown model_type '{model_type}' for a LLaVA checkpoint. Known: {', '.join(sorted(_BY_MODEL_TYPE))}. "
+        "A plain language model (e.g. model_type 'llama') is the starting point of training, not a LLaVA model."
+    )
+
+
+def check_model_type(model_path: str) -> None:
+    """Fail with our message before transformers reads a local config of a type we cannot load."""
+    config_file = os.path.join(model_path, "config.json")
+    if os.path.isfile(config_file):
+        with open(config_file, encoding="utf-8") as handle:
+            model_type = json.load(handle).get("model_type")
+        if model_type not in _BY_MODEL_TYPE:
+            raise _unknown_model_type(model_type)
+
+
 def causal_lm_class_for_config(config):
     """The class to load `config` into; unknown model types are a clear error."""
     model_type = getattr(config, "model_type", None)
     if model_type not in _BY_MODEL_TYPE:
-        raise ValueError(
-            f"Unknown model_type '{model_type}' for a LLaVA checkpoint. Known: {', '.join(sorted(_BY_MODEL_TYPE))}. "
-            "A plain language model (e.g. model_type 'llama') is the starting point of training, not a LLaVA model."
-        )
+        raise _unknown_model_type(model_type)
     if getattr(config, "proxyv", None) and model_type in _PROXYV_BY_MODEL_TYPE:
         return _PROXYV_BY_MODEL_TYPE[model_type]
     return _BY_MODEL_TYPE[model_type]

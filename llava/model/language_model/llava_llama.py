@@ -9,7 +9,13 @@ import logging
 
 import torch
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaModel,
+)
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
 from ..layout import MultimodalLayout
@@ -176,30 +182,44 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
     def prepare_inputs_for_generation(
         self, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None, multimodal_layout=None, **kwargs
     ):
-        """The layout belongs to the prompt: it goes with the first step only, or, without a KV
-        cache, with every step over the prompt plus the tokens generated so far."""
+        """The layout belongs to the prompt. The first step takes it whole; later steps get their
+        positions from it (text continues at the count of real tokens, under both newline schemes)
+        and, without a KV cache, recompute over the prompt plus the tokens generated so far."""
         is_first = kwargs.get("is_first_iteration", False)
         if multimodal_layout is not None and not is_first and not kwargs.get("use_cache", True):
-            return self._recompute_inputs(
-                input_ids, multimodal_layout, inputs_embeds, attention_mask, kwargs["position_ids"]
-            )
+            return self._recompute_inputs(input_ids, multimodal_layout, inputs_embeds, attention_mask)
         model_inputs = super().prepare_inputs_for_generation(
             input_ids, past_key_values=past_key_values, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )
-        if is_first:
+        if multimodal_layout is not None and is_first:
             model_inputs["multimodal_layout"] = multimodal_layout
+        elif multimodal_layout is not None:
+            # input_ids holds only generated tokens (the prompt went in as embeddings).
+            step_len = model_inputs["input_ids"].shape[1]
+            model_inputs["position_ids"] = multimodal_layout.positions_after(input_ids.shape[1])[:, -step_len:]
         return model_inputs
 
-    def _recompute_inputs(self, new_ids, layout, inputs_embeds, attention_mask, position_ids):
+    def _recompute_inputs(self, new_ids, layout, inputs_embeds, attention_mask):
         """Inputs for a step without cache: the prompt's embeddings followed by the new tokens."""
         new_embeds = self.get_input_embeddings()(new_ids)  # [B, n, D]
+        full_layout = layout.with_appended_text(new_ids.shape[1], attention_mask)
         return {
             "inputs_embeds": torch.cat([inputs_embeds, new_embeds], dim=1),
             "attention_mask": attention_mask,
-            "position_ids": position_ids,
-            "multimodal_layout": layout.with_appended_text(new_ids.shape[1], position_ids, attention_mask),
+            "position_ids": full_layout.position_ids,
+            "multimodal_layout": full_layout,
             "use_cache": False,
         }
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """transformers repeats tensors for beams / several return sequences; the layout too."""
+        layout = model_kwargs.pop("multimodal_layout", None)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        if layout is not None:
+            model_kwargs["multimodal_layout"] = layout.repeat_interleave(expand_size)
+        return input_ids, model_kwargs
 
 
 AutoConfig.register("llava_llama", LlavaConfig)
