@@ -12,7 +12,7 @@ Helpers:
 * `random_crops(crop_counts, seed, image_size)` -> one [C, 3, S, S] tensor per image.
 * `MIXED_SAMPLES` / `MIXED_CROPS`: a 3-crop image; two images (1 and 2 crops); text only.
 * `pad_batch(samples, side)` -> `(input_ids, attention_mask)`.
-* `tiny_tokenizer()`, `save_clip_folder(path, seed, image_size)`: what a checkpoint folder needs.
+* `tiny_word_tokenizer()`, `save_clip_folder(path, seed, image_size)`: what a checkpoint folder needs.
 """
 
 from __future__ import annotations
@@ -54,13 +54,15 @@ TINY_CLIP = {
 
 IMG = IMAGE_TOKEN_INDEX
 # A right-padded training-style batch: (a) one 3-crop image mid-text, (b) two images with 1 and 2
-# crops, (c) text only. Crop counts are listed per image in batch order.
+# crops, (c) text only, (d) a 1-crop image right after BOS and the longest text (so samples have
+# 3, 3, 0 and 1 crops: unused proxy slots). Crop counts are listed per image in batch order.
 MIXED_SAMPLES = [
     [1, 5, 6, IMG, 7, 8, 9],
     [1, IMG, 10, 11, IMG, 12],
     [1, 13, 14, 15, 16, 17, 18, 19, 20],
+    [1, IMG, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32],
 ]
-MIXED_CROPS = [3, 1, 2]
+MIXED_CROPS = [3, 1, 2, 1]
 
 
 def tiny_clip_config(image_size: int = IMAGE_SIZE) -> dict:
@@ -171,7 +173,7 @@ def expanded_length(sample, crop_counts, tokens_per_crop: int = TOKENS_PER_CROP)
 TINY_WORDS = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(VOCAB_SIZE - 4)]  # ids 0..3 as in the config
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
+def tiny_word_tokenizer() -> PreTrainedTokenizerFast:
     """A whitespace WordLevel tokenizer over `VOCAB_SIZE` words."""
     backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(TINY_WORDS)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()

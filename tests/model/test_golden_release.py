@@ -29,7 +29,7 @@ from tests.proxyv_fixtures import (
     random_crops,
     save_clip_folder,
     tiny_proxyv_model,
-    tiny_tokenizer,
+    tiny_word_tokenizer,
 )
 
 GOLDEN = Path("/work/shared/golden/proxyv_release")
@@ -206,7 +206,7 @@ def write_release_checkpoint(model, path, clip_dir):
         assert is_mlp or name.startswith(RELEASE_NAME_PREFIXES), f"not a release parameter name: {name}"
     assert any(name.startswith(TOWER_IN_FILE) for name in state)
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-    tiny_tokenizer().save_pretrained(path)
+    tiny_word_tokenizer().save_pretrained(path)
     return path
 
 

@@ -42,6 +42,15 @@ TEXT, FULL, NEWLINE, PROXY = "text", "full", "newline", "proxy"
 GOLDEN_CONFIG = "/work/shared/golden/proxyv_release/spatial_s1/config.json"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """These models are tiny: one intra-op thread is faster, and far faster on a busy 2-core box."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 # ----------------------------------------------------------------------------- the reference
 
 
@@ -203,7 +212,6 @@ def proxyv_layer(model, layer, vision_mlp, hidden, kinds, positions, crops, prox
     return new_hidden, new_proxies, k[:, :natural], v[:, :natural]
 
 
-@torch.no_grad()
 def reference_forward(model, sample, images, scheme=None):
     """Logits [T, V] and per-layer cached keys/values [Hkv, T, hd] for one unpadded sample."""
     config = model.config
@@ -239,7 +247,8 @@ def assert_batch_matches_reference(model, ids, mask, crops, samples):
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask, images=crops, use_cache=False).logits
     for b, (sample, images) in enumerate(zip(samples, split_crops_by_sample(samples, crops))):
-        expected, _ = reference_forward(model, sample, images)
+        with torch.no_grad():
+            expected, _ = reference_forward(model, sample, images)
         length = expected.shape[0]
         torch.testing.assert_close(logits[b, :length], expected, atol=ATOL, rtol=1e-5)
 
@@ -272,7 +281,8 @@ def test_reference_without_proxyv_layers_is_the_baseline():
     with torch.no_grad():
         logits = baseline(input_ids=ids, attention_mask=mask, images=crops, use_cache=False).logits
     for b, (sample, images) in enumerate(zip(MIXED_SAMPLES, split_crops_by_sample(MIXED_SAMPLES, crops))):
-        expected, _ = reference_forward(model, sample, images)
+        with torch.no_grad():
+            expected, _ = reference_forward(model, sample, images)
         torch.testing.assert_close(logits[b, : expected.shape[0]], expected, atol=ATOL, rtol=1e-5)
 
 
@@ -386,6 +396,31 @@ def test_gradient_checkpointing_gives_same_loss_and_grads(learn_proxy):
         assert "model.proxyv_initializer.proxyv_tokens" in grads_plain
 
 
+@pytest.mark.parametrize("learn_proxy", [False, True], ids=["spatial", "learned"])
+def test_gradients_match_reference(learn_proxy):
+    """Backward through the model equals backward through the reference, parameter by parameter
+    (for learned proxies this includes the assignment A's path into Wk and the proxy queries)."""
+    model = tiny_proxyv_model(seed=33, proxyv_start_layer=1, learn_proxy=learn_proxy,
+                              image_newline_positions="release").train()
+    sample, images = MIXED_SAMPLES[0], random_crops([3], seed=4)
+    ids = torch.tensor([sample])
+    length = expanded_length(sample, [3])
+    weights = torch.randn(length, model.config.vocab_size, generator=torch.Generator().manual_seed(0))
+
+    def grads_of(logits):
+        model.zero_grad(set_to_none=True)
+        (logits * weights).sum().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    expected = grads_of(reference_forward(model, sample, images)[0])
+    got = grads_of(model(input_ids=ids, images=images, use_cache=False).logits[0])
+    assert got.keys() == expected.keys()
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, atol=1e-4, rtol=1e-4, msg=name)
+    if learn_proxy:
+        assert expected["model.proxyv_initializer.Wk.weight"].abs().sum() > 0
+
+
 def test_learned_assignment_carries_gradient():
     """A's own path: with P's path detached, Wk and the proxy queries still get gradients via A."""
     model = tiny_proxyv_model(seed=32, proxyv_start_layer=1, learn_proxy=True)
@@ -475,7 +510,8 @@ def test_prefill_cache_holds_natural_tokens_only(learn_proxy):
     assert out.logits.shape[1] == length
     layers = out.past_key_values.layers
     assert len(layers) == NUM_LAYERS
-    _, reference_cache = reference_forward(model, sample, images)
+    with torch.no_grad():
+        _, reference_cache = reference_forward(model, sample, images)
     for index, (layer, (keys, values)) in enumerate(zip(layers, reference_cache)):
         assert layer.keys.shape[-2] == length, index
         assert layer.values.shape[-2] == length, index
