@@ -532,3 +532,20 @@ def test_tower_config_filled_from_local_tower(tmp_path):
         )
     )
     assert rebuilt.get_vision_tower().num_patches == (SMALL // 14) ** 2
+
+
+@pytest.mark.parametrize("proxyv", [False, True])
+def test_saved_tower_weights_use_the_release_names(tmp_path, proxyv):
+    """DESIGN.md section 5: checkpoints name the tower's weights `...vision_tower.vision_model.*`."""
+    from safetensors import safe_open
+
+    from tests.proxyv_fixtures import tiny_proxyv_model
+
+    model = tiny_proxyv_model() if proxyv else tiny_llava_model(image_size=56)
+    model.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as handle:
+        tower_keys = [key for key in handle.keys() if key.startswith("model.vision_tower.")]  # noqa: SIM118
+    assert tower_keys and all(k.startswith("model.vision_tower.vision_tower.vision_model.") for k in tower_keys)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    for (name, value), (_, again) in zip(model.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(value, again), name

@@ -18,6 +18,7 @@ from transformers import (
 )
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
+from ..checkpoint_names import register_release_weight_names
 from ..layout import MultimodalLayout
 from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 from ..masks import additive_mask, position_causal_visibility
@@ -224,3 +225,4 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
 
 AutoConfig.register("llava_llama", LlavaConfig)
 AutoModelForCausalLM.register(LlavaConfig, LlavaLlamaForCausalLM)
+register_release_weight_names("LlavaLlamaForCausalLM")

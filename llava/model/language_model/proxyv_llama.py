@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from ..checkpoint_names import register_release_weight_names
 from ..layout import MultimodalLayout
 from ..proxyv.layer import ProxyVDecoderLayer
 from ..proxyv.modules import LearnedProxyInitializer, VisionMLP, reduced_hidden_size, spatial_proxies
@@ -165,3 +166,4 @@ def proxyv_config_from(config) -> LlavaProxyVConfig:
 
 AutoConfig.register("llava_proxyv_llama", LlavaProxyVConfig)
 AutoModelForCausalLM.register(LlavaProxyVConfig, LlavaProxyVLlamaForCausalLM)
+register_release_weight_names("LlavaProxyVLlamaForCausalLM")
