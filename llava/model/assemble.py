@@ -8,7 +8,8 @@ newline and (for ProxyV) the guided-update modules start from their initialisati
 import logging
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig
+from transformers.utils import logging as hf_logging
 
 from .language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 from .language_model.proxyv_llama import LlavaProxyVConfig, LlavaProxyVLlamaForCausalLM
@@ -38,18 +39,27 @@ def build_llava_from_llm(
     attn_implementation: str = "sdpa",
     **options,
 ):
-    """LLaVA model = pretrained LLM + pretrained CLIP tower + fresh multimodal modules."""
+    """LLaVA model = pretrained LLM + pretrained CLIP tower + fresh multimodal modules.
+
+    Loading goes through `from_pretrained`, so under DeepSpeed ZeRO-3 (HF's deepspeed config
+    active) the model is created partitioned and the tower weights are copied in gathered.
+    """
     config = llava_config_from_llm(AutoConfig.from_pretrained(llm_path), vision_tower, proxyv_start_layer, **options)
     model_class = LlavaLlamaForCausalLM if proxyv_start_layer is None else LlavaProxyVLlamaForCausalLM
-    llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=dtype)
-    model = model_class._from_config(config, dtype=dtype, attn_implementation=attn_implementation)
-    result = model.load_state_dict(llm.state_dict(), strict=False)
-    if result.unexpected_keys:
-        raise ValueError(f"The language model at {llm_path} has weights a Llama LLaVA does not: {result.unexpected_keys[:5]}")
-    not_multimodal = [k for k in result.missing_keys if not k.startswith(MULTIMODAL_PREFIXES)]
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report lists the multimodal weights as missing: expected here
+    try:
+        model, info = model_class.from_pretrained(
+            llm_path, config=config, dtype=dtype, attn_implementation=attn_implementation, output_loading_info=True
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if info["unexpected_keys"]:
+        raise ValueError(f"The language model at {llm_path} has weights a Llama LLaVA does not: {sorted(info['unexpected_keys'])[:5]}")
+    not_multimodal = [k for k in info["missing_keys"] if not k.startswith(MULTIMODAL_PREFIXES)]
     if not_multimodal:
-        raise ValueError(f"The language model at {llm_path} lacks weights: {not_multimodal[:5]}")
-    del llm
+        raise ValueError(f"The language model at {llm_path} lacks weights: {sorted(not_multimodal)[:5]}")
+    logger.info("%d multimodal weights start from their initialisation", len(info["missing_keys"]))
     model.get_vision_tower().load_pretrained_weights()
     logger.info("Built %s from %s + %s", model_class.__name__, llm_path, vision_tower)
     return model

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from ..zero3_params import copy_into, full_state
+
 logger = logging.getLogger(__name__)
 
 SELECT_FEATURES = ("patch", "cls_patch")
@@ -45,7 +47,11 @@ class CLIPVisionTower(nn.Module):
         """Load the tower's own weights from `vision_tower_name` (a local folder or a hub name)."""
         logger.info("Loading vision tower weights from %s", self.vision_tower_name)
         pretrained = CLIPVisionModel.from_pretrained(self.vision_tower_name)
-        self.vision_tower.load_state_dict(pretrained.state_dict(), strict=True)
+        source = full_state(dict(pretrained.named_parameters()))
+        target = dict(self.vision_tower.named_parameters())
+        if set(source) != set(target):
+            raise ValueError(f"The vision tower at {self.vision_tower_name} does not match the configured architecture.")
+        copy_into(target, source)
         del pretrained
 
     @property

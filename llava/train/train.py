@@ -1,0 +1,159 @@
+"""Training entry point: `python llava/train/train.py ...` or `torchrun ... llava/train/train.py ...`.
+
+Stage 1 (`--version plain --mm_tunable_parts mm_mlp_adapter,mm_vision_mlp`) trains the projector
+and ProxyV's modules and writes `mm_projector.bin`; stage 2 loads it with
+`--pretrain_mm_mlp_adapter` and trains the LLM too, ending in a consolidated checkpoint that
+`load_pretrained_model` and the CLI open directly. DeepSpeed comes in through `--deepspeed`.
+"""
+
+import ast
+import logging
+import os
+import sys
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoTokenizer
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.trainer_utils import get_last_checkpoint
+
+from llava.model.assemble import build_llava_from_llm
+from llava.model.builder import load_image_processor
+from llava.model.model_registry import causal_lm_class_for_config, config_for_class
+from llava.model.projector_weights import load_mm_projector_weights
+from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
+from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, load_records
+from llava.train.trainer import LLaVATrainer
+from llava.train.tunable import (
+    apply_tunable_parts,
+    multimodal_prefixes,
+    parse_tunable_parts,
+    trains_multimodal_only,
+)
+
+logger = logging.getLogger("llava.train")
+LLAVA_MODEL_TYPES = ("llava_llama", "llava_proxyv_llama")
+
+
+def _dtype(training_args) -> torch.dtype:
+    if training_args.bf16:
+        return torch.bfloat16
+    if training_args.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def _multimodal_options(model_args, data_args, training_args) -> dict:
+    pinpoints = data_args.image_grid_pinpoints
+    options = {
+        "mm_vision_select_layer": model_args.mm_vision_select_layer,
+        "mm_vision_select_feature": model_args.mm_vision_select_feature,
+        "mm_projector_type": model_args.mm_projector_type,
+        "mm_patch_merge_type": model_args.mm_patch_merge_type,
+        "mm_use_im_start_end": model_args.mm_use_im_start_end,
+        "mm_use_im_patch_token": model_args.mm_use_im_patch_token,
+        "image_aspect_ratio": data_args.image_aspect_ratio,
+        "tokenizer_model_max_length": training_args.model_max_length,
+        "tokenizer_padding_side": "right",
+    }
+    if pinpoints:
+        options["image_grid_pinpoints"] = ast.literal_eval(pinpoints) if isinstance(pinpoints, str) else pinpoints
+    if model_args.proxyv_enabled():
+        options.update(
+            proxyv_reduce_factor=model_args.proxyv_reduce_factor,
+            max_num_image_crops=model_args.max_num_image_crops,
+            learn_proxy=model_args.learn_proxy,
+            hidden_size_reduce_factor=model_args.hidden_size_reduce_factor,
+        )
+    return options
+
+
+def build_model(model_args, data_args, training_args):
+    """A fresh LLaVA from an LLM + tower, or an existing LLaVA checkpoint to continue training."""
+    dtype = _dtype(training_args)
+    source_config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+    if source_config.model_type in LLAVA_MODEL_TYPES:
+        model_class = causal_lm_class_for_config(source_config)
+        config = config_for_class(source_config, model_class)
+        model = model_class.from_pretrained(model_args.model_name_or_path, config=config, dtype=dtype,
+                                            attn_implementation=model_args.attn_implementation)
+    else:
+        if not model_args.vision_tower:
+            raise ValueError("--vision_tower is required when --model_name_or_path is a plain language model.")
+        start = model_args.proxyv_start_layer
+        if model_args.proxyv_enabled() and start is None:
+            start = source_config.num_hidden_layers // 2
+            logger.info("--proxyv True without --proxyv_start_layer: starting at the middle layer %d", start)
+        model = build_llava_from_llm(model_args.model_name_or_path, model_args.vision_tower, start, dtype=dtype,
+                                     attn_implementation=model_args.attn_implementation,
+                                     **_multimodal_options(model_args, data_args, training_args))
+    _check_crop_geometry(model, model_args)
+    model.config.conv_template = model_args.version
+    model.config.use_cache = False
+    return model
+
+
+def _check_crop_geometry(model, model_args) -> None:
+    tower = model.get_vision_tower()
+    if model_args.per_crop_token_len is not None and model_args.per_crop_token_len != tower.num_patches:
+        raise ValueError(
+            f"--per_crop_token_len {model_args.per_crop_token_len} does not match the vision tower's "
+            f"{tower.num_patches} patches per crop."
+        )
+    if getattr(model.config, "proxyv", None):
+        model.config.per_crop_token_len = tower.num_patches
+
+
+def resume_checkpoint(training_args) -> str | None:
+    """`--resume_from_checkpoint`, or the last checkpoint already in the output folder."""
+    if training_args.resume_from_checkpoint:
+        return training_args.resume_from_checkpoint
+    if os.path.isdir(training_args.output_dir):
+        last = get_last_checkpoint(training_args.output_dir)
+        if last:
+            logger.info("Resuming from %s", last)
+        return last
+    return None
+
+
+def train(argv=None) -> None:
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path,
+                                              model_max_length=training_args.model_max_length, padding_side="right")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token
+    model = build_model(model_args, data_args, training_args)
+    if model_args.pretrain_mm_mlp_adapter:
+        load_mm_projector_weights(model, model_args.pretrain_mm_mlp_adapter)
+    parts = parse_tunable_parts(model_args.mm_tunable_parts)
+    apply_tunable_parts(model, parts)
+    if training_args.gradient_checkpointing:
+        model.enable_input_require_grads()
+
+    image_processor = load_image_processor(model_args.model_name_or_path, model.config)
+    if image_processor is None:
+        image_processor = CLIPImageProcessorPil.from_pretrained(model.config.mm_vision_tower)
+    dataset = LazySupervisedDataset(
+        load_records(data_args.data_path), tokenizer, image_processor, model.config, model_args.version,
+        data_args.image_folder, training_args.model_max_length, model.get_vision_tower().num_patches,
+    )
+    trainer = LLaVATrainer(
+        model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
+        data_collator=DataCollatorForSupervisedDataset(tokenizer.pad_token_id),
+        multimodal_only_prefixes=multimodal_prefixes(parts) if trains_multimodal_only(parts) else None,
+    )
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    trainer.save_state()
+    model.config.use_cache = True
+    trainer.save_model(training_args.output_dir)
+    if training_args.should_save:
+        tokenizer.save_pretrained(training_args.output_dir)
+        image_processor.save_pretrained(training_args.output_dir)
+        logger.info("Saved the trained model to %s", training_args.output_dir)
+
+
+if __name__ == "__main__":
+    train(sys.argv[1:])

@@ -1,0 +1,44 @@
+"""Which parameters a training stage updates (`--mm_tunable_parts`), logged part by part."""
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+TUNABLE_PARTS = {
+    "mm_mlp_adapter": ("model.mm_projector.", "model.image_newline"),
+    "mm_vision_mlp": ("model.vision_mlp_layers.", "model.proxyv_initializer."),
+    "mm_language_model": ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head."),
+    "mm_vision_tower": ("model.vision_tower.",),
+}
+DEFAULT_TUNABLE_PARTS = "mm_mlp_adapter,mm_vision_mlp,mm_language_model"
+MULTIMODAL_ONLY = {"mm_mlp_adapter", "mm_vision_mlp"}
+
+
+def parse_tunable_parts(text: str | None) -> list[str]:
+    parts = [p.strip() for p in (text or DEFAULT_TUNABLE_PARTS).split(",") if p.strip()]
+    unknown = [p for p in parts if p not in TUNABLE_PARTS]
+    if unknown or not parts:
+        raise ValueError(f"Unknown --mm_tunable_parts {unknown or text!r}. Known: {', '.join(TUNABLE_PARTS)}.")
+    return parts
+
+
+def trains_multimodal_only(parts: list[str]) -> bool:
+    """Stage 1: only the projector (and ProxyV's modules) learn; they alone are saved."""
+    return set(parts) <= MULTIMODAL_ONLY
+
+
+def multimodal_prefixes(parts: list[str]) -> tuple[str, ...]:
+    return tuple(prefix for part in parts for prefix in TUNABLE_PARTS[part])
+
+
+def apply_tunable_parts(model, parts: list[str]) -> None:
+    """Freeze everything, then unfreeze `parts`; log what each part holds and whether it trains."""
+    model.requires_grad_(False)
+    for part, prefixes in TUNABLE_PARTS.items():
+        params = [p for name, p in model.named_parameters() if name.startswith(prefixes)]
+        count = sum(getattr(p, "ds_numel", p.numel()) for p in params)
+        if part in parts:
+            for param in params:
+                param.requires_grad_(True)
+        if params:
+            logger.info("%-18s %12s parameters  %s", part, f"{count:,}", "TRAINED" if part in parts else "frozen")
