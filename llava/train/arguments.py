@@ -57,3 +57,13 @@ class TrainingArguments(transformers.TrainingArguments):
     mm_projector_lr: float | None = None
     mm_vision_mlp_lr: float | None = None
     remove_unused_columns: bool = False
+    warmup_ratio: float | None = field(
+        default=None, metadata={"help": "LLaVA's flag: warmup as a fraction of the steps (sets warmup_steps)"}
+    )
+
+    def __post_init__(self):
+        if self.warmup_ratio is not None:
+            if not 0 <= self.warmup_ratio < 1:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+            self.warmup_steps = self.warmup_ratio
+        super().__post_init__()

@@ -21,6 +21,7 @@ from llava.model.assemble import build_llava_from_llm
 from llava.model.builder import load_image_processor
 from llava.model.model_registry import causal_lm_class_for_config, config_for_class
 from llava.model.projector_weights import load_mm_projector_weights
+from llava.model.zero3_params import is_partitioned
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, load_records
 from llava.train.trainer import LLaVATrainer
@@ -128,6 +129,10 @@ def train(argv=None) -> None:
     model = build_model(model_args, data_args, training_args)
     if model_args.pretrain_mm_mlp_adapter:
         load_mm_projector_weights(model, model_args.pretrain_mm_mlp_adapter)
+    partitioned = sum(1 for p in model.parameters() if is_partitioned(p))
+    if partitioned:
+        logger.info("DeepSpeed ZeRO-3: %d of %d parameter tensors are partitioned across ranks",
+                    partitioned, len(list(model.parameters())))
     parts = parse_tunable_parts(model_args.mm_tunable_parts)
     apply_tunable_parts(model, parts)
     if training_args.gradient_checkpointing:

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Stage 2: instruction tuning with the LLM unfrozen, starting from stage 1's mm_projector.bin.
+# Paper setting: LLaVA-NeXT 779K instructions, 1 epoch, AnyRes up to 5 crops.
+# With no variables set, continues from the tiny stage-1 output on the bundled instructions.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROXYV_START_LAYER=${PROXYV_START_LAYER:-$([ -z "${LLM_VERSION:-}" ] && echo 2 || echo 16)}
+source scripts/common.sh
+
+PRETRAIN_NAME=$(basename "${LLM_VERSION}")-${RUN_KIND}-pretrain
+PRETRAIN_ADAPTER=${PRETRAIN_ADAPTER:-${OUTPUT_ROOT}/${PRETRAIN_NAME}/mm_projector.bin}
+if [ ! -f "${PRETRAIN_ADAPTER}" ]; then
+  echo "error: ${PRETRAIN_ADAPTER} not found; run the matching pretrain script first (or set PRETRAIN_ADAPTER)." >&2
+  exit 1
+fi
+if [ "${TINY}" = 1 ]; then
+  DATA_PATH=${TINY_DIR}/data/tiny_instruct.json; IMAGE_FOLDER=${TINY_DIR}/data
+  BATCH=4; ACCUM=1; EPOCHS=3; LR=2e-3; MAX_LEN=8192; WORKERS=0
+else
+  DATA_PATH=${DATA_PATH:?set DATA_PATH to the LLaVA-NeXT instruction json}; IMAGE_FOLDER=${IMAGE_FOLDER:?set IMAGE_FOLDER}
+  BATCH=${BATCH:-4}; ACCUM=${ACCUM:-4}; EPOCHS=1; LR=1e-5; MAX_LEN=32768; WORKERS=4
+fi
+RUN_NAME=${RUN_NAME:-$(basename "${LLM_VERSION}")-${RUN_KIND}-finetune}
+
+launch \
+  --model_name_or_path "${LLM_VERSION}" --version v1 \
+  --data_path "${DATA_PATH}" --image_folder "${IMAGE_FOLDER}" \
+  --pretrain_mm_mlp_adapter "${PRETRAIN_ADAPTER}" \
+  --vision_tower "${VISION_MODEL_VERSION}" --mm_vision_select_layer -2 --mm_projector_type mlp2x_gelu \
+  --mm_tunable_parts mm_mlp_adapter,mm_vision_mlp,mm_language_model \
+  --mm_use_im_start_end False --mm_use_im_patch_token False \
+  --image_aspect_ratio anyres --mm_patch_merge_type spatial_unpad --group_by_modality_length True \
+  --output_dir "${OUTPUT_ROOT}/${RUN_NAME}" --run_name "${RUN_NAME}" \
+  --num_train_epochs "${EPOCHS}" --per_device_train_batch_size "${BATCH}" --gradient_accumulation_steps "${ACCUM}" \
+  --learning_rate "${LR}" --weight_decay 0. --warmup_ratio 0.03 --lr_scheduler_type cosine \
+  --logging_steps 1 --save_strategy steps --save_steps 1000 --save_total_limit 1 \
+  --model_max_length "${MAX_LEN}" --gradient_checkpointing True \
+  --dataloader_num_workers "${WORKERS}" --lazy_preprocess True "$@"
