@@ -10,21 +10,24 @@ import sys
 
 import torch
 
-from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import get_conv_template
-from llava.mm_utils import load_image, process_images, tokenizer_image_token
+from llava.mm_utils import tokenizer_image_token
 from llava.model.builder import load_pretrained_model
+from llava.serve.cli import (
+    default_conv_mode,
+    generation_kwargs,
+    load_images,
+    pixels_for_model,
+    with_image_placeholders,
+)
 
 logger = logging.getLogger(__name__)
-DEFAULT_CONV_MODE = "vicuna_v1"
 
 
 def build_prompt(query: str, num_images: int, conv_mode: str) -> str:
     """The chat prompt; `<image>` placeholders are added in front when the query has none."""
-    if DEFAULT_IMAGE_TOKEN not in query:
-        query = (DEFAULT_IMAGE_TOKEN + "\n") * num_images + query
     conversation = get_conv_template(conv_mode)
-    conversation.append_message(conversation.roles[0], query)
+    conversation.append_message(conversation.roles[0], with_image_placeholders(query, num_images))
     conversation.append_message(conversation.roles[1], None)
     return conversation.get_prompt()
 
@@ -35,19 +38,11 @@ def answer(tokenizer, model, image_processor, images, query: str, conv_mode: str
     """One generated answer for `query` about the PIL `images`."""
     prompt = build_prompt(query, len(images), conv_mode)
     input_ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")[None].to(model.device)
-    pixels = process_images(images, image_processor, model.config)
-    pixels = [p.to(model.device, model.dtype) for p in pixels] if isinstance(pixels, list) else pixels.to(model.device, model.dtype)
     output_ids = model.generate(
         input_ids,
-        images=pixels,
+        images=pixels_for_model(images, image_processor, model),
         image_sizes=[image.size for image in images],
-        do_sample=temperature > 0,
-        temperature=temperature if temperature > 0 else None,
-        top_p=top_p,
-        num_beams=num_beams,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        use_cache=True,
+        **generation_kwargs(tokenizer, temperature, max_new_tokens, top_p, num_beams),
     )
     return tokenizer.decode(output_ids[0], skip_special_tokens=True).strip()
 
@@ -83,17 +78,21 @@ def main(argv=None) -> int:
         print("error: --image-file is required with --model-path", file=sys.stderr)
         return 2
     try:
-        images = [load_image(path) for path in image_files.split(",")]
+        images = load_images(image_files)
         tokenizer, model, image_processor, _ = load_pretrained_model(
             model_path, args.model_base, None, device=args.device, attn_implementation=args.attn_implementation
         )
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    conv_mode = args.conv_mode or getattr(model.config, "conv_template", None) or DEFAULT_CONV_MODE
+    conv_mode = args.conv_mode or default_conv_mode(model.config)
     print(f"Q ({', '.join(image_files.split(','))}): {args.query}")
-    reply = answer(tokenizer, model, image_processor, images, args.query, conv_mode, args.temperature,
-                   args.top_p, args.num_beams, args.max_new_tokens)
+    try:
+        reply = answer(tokenizer, model, image_processor, images, args.query, conv_mode, args.temperature,
+                       args.top_p, args.num_beams, args.max_new_tokens)
+    except ValueError as error:  # e.g. an unknown --conv-mode
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"A: {reply}")
     return 0
 

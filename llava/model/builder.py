@@ -99,17 +99,19 @@ def load_pretrained_model(
     model_base: for a stage-1 folder that holds only `mm_projector.bin` (plus config), the language
     model to attach the projector to.
     """
-    kwargs.pop("multimodal", None)
-    kwargs.pop("customized_config", None)
+    kwargs.pop("multimodal", None)  # lmms-eval passes it; every model here is multimodal
+    if kwargs.pop("use_flash_attention_2", False):  # older LLaVA / lmms-eval spelling
+        attn_implementation = "flash_attention_2"
+    customized_config = kwargs.pop("customized_config", None)
     _check_model_path(model_path)
-    if isinstance(device_map, str) and device_map.startswith("cuda"):
-        device = device_map
+    if isinstance(device_map, str) and device_map != "auto":
+        device = device_map  # "cpu", "cuda", "cuda:1": one device, as LLaVA's builder means it
     device = resolve_device(device)
     if (load_8bit or load_4bit) and not device.startswith("cuda"):
         raise ValueError("--load-8bit/--load-4bit need a CUDA GPU (bitsandbytes); on CPU load in full precision.")
     dtype = resolve_dtype(torch_dtype, device)
     check_model_type(model_path)
-    config = AutoConfig.from_pretrained(model_path)
+    config = customized_config if customized_config is not None else AutoConfig.from_pretrained(model_path)
     for key, value in (overwrite_config or {}).items():
         setattr(config, key, value)
     attn = resolve_attn_implementation(attn_implementation, config)

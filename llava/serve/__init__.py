@@ -1,0 +1,1 @@
+"""Serving: `python -m llava.serve.cli`, an interactive (or piped) chat about images."""

@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import AutoTokenizer
 
 from llava.model.assemble import build_llava_from_llm
@@ -65,9 +66,11 @@ def _done(folder: Path, marker: str = "config.json") -> bool:
     return (folder / marker).is_file()
 
 
-def _save_llava(assets: TinyAssets, out_dir: Path, proxyv_start_layer: int | None) -> None:
-    model = build_llava_from_llm(str(assets.llm), str(assets.clip), proxyv_start_layer=proxyv_start_layer,
-                                 tokenizer_model_max_length=4096)
+def _save_llava(assets: TinyAssets, out_dir: Path, proxyv_start_layer: int | None, seed: int) -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the fresh projector / ProxyV modules are the same on every build
+        model = build_llava_from_llm(str(assets.llm), str(assets.clip), proxyv_start_layer=proxyv_start_layer,
+                                     tokenizer_model_max_length=4096)
     model.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(assets.llm).save_pretrained(out_dir)
     tiny_clip_image_processor().save_pretrained(out_dir)
@@ -85,8 +88,8 @@ def build_tiny_assets(root: str | Path = DEFAULT_TINY_DIR, seed: int = 0) -> Tin
     if not _done(assets.clip):
         build_tiny_clip(assets.clip, seed=seed)
     if not _done(assets.llava):
-        _save_llava(assets, assets.llava, None)
+        _save_llava(assets, assets.llava, None, seed)
     if not _done(assets.llava_proxyv):
-        _save_llava(assets, assets.llava_proxyv, TINY_PROXYV_START_LAYER)
+        _save_llava(assets, assets.llava_proxyv, TINY_PROXYV_START_LAYER, seed)
     logger.info("Tiny assets are ready in %s", assets.root)
     return assets

@@ -164,11 +164,9 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
         if "inputs_embeds" in kwargs:
             raise ValueError("Pass token ids with image placeholders and `images`, not `inputs_embeds`.")
         attention_mask = kwargs.pop("attention_mask", None)
-        if images is None and not self.has_image_placeholders(inputs):
-            if inputs is not None and attention_mask is not None:
-                kwargs["attention_mask"] = attention_mask
-            output = super().generate(inputs, **kwargs)
-            return output if inputs is None else output[:, inputs.shape[1] :]
+        if inputs is None:
+            raise ValueError("generate needs the prompt's token ids (with <image> placeholders where images go).")
+        # Text-only prompts take the same path: the layout step re-pads every batch on the left.
         inputs_embeds, _, layout = self.prepare_inputs_labels_for_multimodal(
             inputs, attention_mask, None, images, image_sizes, padding_side="left"
         )

@@ -1,0 +1,286 @@
+"""`python -m llava.serve.cli`: chat with a LLaVA / ProxyV checkpoint about images, as LLaVA's CLI.
+
+Prints `USER: `, reads a line, streams the reply after `ASSISTANT: ` and keeps the dialogue across
+turns; the first turn carries one `<image>` placeholder per image. An empty line, end of input
+(Ctrl-D) or Ctrl-C ends the session with exit code 0. Lines are read with `input()`, so the chat
+can be scripted through a pipe:
+
+    printf 'What is in the image?\\nWhat colour is it?\\n' | python -m llava.serve.cli \\
+        --model-path CHECKPOINT --image-file photo.jpg --temperature 0
+
+Bad input (a missing or unreadable image, a bad model path, an unknown template, 8/4-bit loading
+without CUDA) is one `error: ...` line on stderr and exit code 1. `--debug` prints each turn's
+prompt and reply, and shows tracebacks.
+
+The helpers here (`load_images`, `default_conv_mode`, `pixels_for_model`, `generation_kwargs`,
+`with_image_placeholders`) are shared with `llava.eval.run_llava`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+
+import torch
+from transformers import StoppingCriteriaList, TextStreamer
+
+from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.conversation import Conversation, SeparatorStyle, get_conv_template
+from llava.mm_utils import KeywordsStoppingCriteria, load_image, process_images, tokenizer_image_token
+from llava.model.builder import load_pretrained_model
+from llava.model.llava_arch import split_image_crops
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONV_MODE = "vicuna_v1"
+VICUNA_MODEL_TYPES = ("llava_llama", "llava_proxyv_llama")
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def load_images(image_files: str) -> list:
+    """Open the comma-separated image paths (or URLs) as RGB images; errors name the file."""
+    paths = [path.strip() for path in image_files.split(",")]
+    if not all(paths):
+        raise ValueError(f"--image-file has an empty entry: {image_files!r}; separate paths with single commas.")
+    return [load_image(path) for path in paths]
+
+
+def default_conv_mode(config) -> str:
+    """The checkpoint's `conv_template` if its config names one, else Vicuna v1 for LLaVA Llama models."""
+    template = getattr(config, "conv_template", None)
+    if template:
+        logger.info("Conversation template: %s (from the checkpoint's config)", template)
+        return template
+    model_type = getattr(config, "model_type", None)
+    if model_type not in VICUNA_MODEL_TYPES:
+        raise ValueError(f"No default conversation template for model_type {model_type!r}; pass --conv-mode.")
+    logger.info("Conversation template: %s (default for model_type %s; --conv-mode to change)",
+                DEFAULT_CONV_MODE, model_type)
+    return DEFAULT_CONV_MODE
+
+
+def pixels_for_model(images: list, image_processor, model):
+    """`process_images` for the model's config, on the model's device and dtype (tensor or list)."""
+    pixels = process_images(images, image_processor, model.config)
+    if isinstance(pixels, list):
+        return [crops.to(model.device, model.dtype) for crops in pixels]
+    return pixels.to(model.device, model.dtype)
+
+
+def generation_kwargs(tokenizer, temperature: float, max_new_tokens: int, top_p: float | None = None,
+                      num_beams: int = 1) -> dict:
+    """Keyword arguments for `model.generate`: greedy at temperature 0, sampling above."""
+    sampling = temperature > 0
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return {
+        "do_sample": sampling,
+        "temperature": temperature if sampling else None,
+        "top_p": top_p if sampling else None,
+        "num_beams": num_beams,
+        "max_new_tokens": max_new_tokens,
+        "pad_token_id": pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "use_cache": True,
+    }
+
+
+def with_image_placeholders(text: str, num_images: int) -> str:
+    """`text` with one `<image>` line per image in front, unless it already places them itself."""
+    if num_images == 0 or DEFAULT_IMAGE_TOKEN in text:
+        return text
+    return (DEFAULT_IMAGE_TOKEN + "\n") * num_images + text
+
+
+# ----------------------------------------------------------------------------- the dialogue
+
+
+def stop_string(conversation: Conversation) -> str | None:
+    """The text that ends an assistant turn in this template (LLaVA's rule)."""
+    return conversation.sep2 if conversation.sep_style == SeparatorStyle.TWO else conversation.sep
+
+
+def stopping_criteria(conversation: Conversation, tokenizer, prompt_len: int) -> StoppingCriteriaList | None:
+    """A keyword stop for templates whose stop string is not the EOS token (EOS always stops).
+
+    `prompt_len`: how many leading ids the generation loop sees that are prompt, not reply (0 when
+    the prompt goes in as image-expanded embeddings).
+    """
+    stop = stop_string(conversation)
+    if not stop or stop == tokenizer.eos_token:
+        return None
+    prompt = torch.zeros((1, prompt_len), dtype=torch.long)
+    return StoppingCriteriaList([KeywordsStoppingCriteria([stop], tokenizer, prompt)])
+
+
+def display_role(role: str, fallback: str) -> str:
+    """A role as the user sees it: chat markers like `<|im_start|>` dropped."""
+    return re.sub(r"<\|[^|]*\|>", "", role).strip() or fallback
+
+
+class ChatSession:
+    """One dialogue about a fixed set of images; `ask` adds a turn and returns the reply.
+
+    The images go with every turn (the first turn's placeholders stay in the prompt); the whole
+    conversation is the prompt of the next turn. `last_prompt` is the prompt of the latest turn.
+    """
+
+    def __init__(self, tokenizer, model, image_processor, images: list, conv_mode: str, context_len: int,
+                 temperature: float = 0.2, max_new_tokens: int = 512, streamer=None):
+        self.conversation = get_conv_template(conv_mode)
+        self.tokenizer, self.model, self.context_len = tokenizer, model, context_len
+        self.num_images = len(images)
+        self.pixels = pixels_for_model(images, image_processor, model) if images else None
+        self.image_sizes = [image.size for image in images] if images else None
+        self.generate_kwargs = generation_kwargs(tokenizer, temperature, max_new_tokens)
+        self.streamer = streamer
+        self.last_prompt: str | None = None
+
+    @property
+    def roles(self) -> tuple[str, str]:
+        user, assistant = self.conversation.roles
+        return display_role(user, "USER"), display_role(assistant, "ASSISTANT")
+
+    def ask(self, text: str) -> str:
+        """Generate the assistant's reply to `text` (streamed if a streamer was given) and keep it."""
+        if not self.conversation.messages:
+            text = with_image_placeholders(text, self.num_images)
+        self.conversation.append_message(self.conversation.roles[0], text)
+        self.conversation.append_message(self.conversation.roles[1], None)
+        prompt = self.conversation.get_prompt()
+        input_ids = tokenizer_image_token(prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+        try:
+            self._check_length(input_ids)
+        except ValueError:
+            del self.conversation.messages[-2:]
+            raise
+        prompt_len = 0 if self.pixels is not None else input_ids.shape[0]
+        output_ids = self.model.generate(
+            input_ids[None].to(self.model.device),
+            images=self.pixels,
+            image_sizes=self.image_sizes,
+            streamer=self.streamer,
+            stopping_criteria=stopping_criteria(self.conversation, self.tokenizer, prompt_len),
+            **self.generate_kwargs,
+        )
+        reply = self._clean(self.tokenizer.decode(output_ids[0], skip_special_tokens=True))
+        self.conversation.messages[-1][-1] = reply
+        self.last_prompt = prompt
+        return reply
+
+    def _clean(self, text: str) -> str:
+        text, stop = text.strip(), stop_string(self.conversation)
+        if stop and stop.strip() and text.endswith(stop.strip()):
+            text = text[: -len(stop.strip())].strip()
+        return text
+
+    def _check_length(self, input_ids: torch.Tensor) -> None:
+        """The prompt with its images expanded, plus the reply, must fit the model's context."""
+        length = int((input_ids != IMAGE_TOKEN_INDEX).sum())
+        if self.pixels is not None:
+            tokens_per_crop = self.model.get_vision_tower().num_patches + 1  # patches + newline
+            length += tokens_per_crop * sum(crops.shape[0] for crops in split_image_crops(self.pixels))
+        needed = length + self.generate_kwargs["max_new_tokens"]
+        if needed > self.context_len:
+            raise ValueError(
+                f"The conversation is {length} tokens long with its images; with --max-new-tokens "
+                f"{self.generate_kwargs['max_new_tokens']} that exceeds the model's context of {self.context_len} "
+                "tokens. Start a new session (or lower --max-new-tokens)."
+            )
+
+
+def chat(session: ChatSession, debug: bool = False) -> None:
+    """The read-reply loop until an empty line or end of input."""
+    user, assistant = session.roles
+    while True:
+        try:
+            text = input(f"{user}: ")
+        except EOFError:
+            print()
+            return
+        if not text.strip():
+            return
+        print(f"{assistant}: ", end="", flush=True)
+        reply = session.ask(text)
+        if session.streamer is None:
+            print(reply)
+        if debug:
+            print(f"[debug] prompt: {session.last_prompt!r}\n[debug] reply: {reply!r}", flush=True)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Chat with a LLaVA / ProxyV model about images. An empty line or Ctrl-D ends the chat."
+    )
+    parser.add_argument("--model-path", required=True, help="checkpoint folder or hub name")
+    parser.add_argument("--model-base", default=None, help="language model for a projector-only (stage-1) folder")
+    parser.add_argument("--image-file", default=None, help="image path(s) or URL(s), comma-separated")
+    parser.add_argument("--conv-mode", default=None,
+                        help="conversation template (default: the config's conv_template, else vicuna_v1)")
+    parser.add_argument("--temperature", type=float, default=0.2, help="0 = greedy")
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--load-8bit", action="store_true", help="8-bit weights (CUDA + bitsandbytes)")
+    parser.add_argument("--load-4bit", action="store_true", help="4-bit weights (CUDA + bitsandbytes)")
+    parser.add_argument("--attn-implementation", default="sdpa", help="eager, sdpa or flash_attention_2")
+    parser.add_argument("--debug", action="store_true", help="print each prompt and reply; show tracebacks")
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject bad option values before anything is loaded."""
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}.")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    if args.load_8bit and args.load_4bit:
+        raise ValueError("Pass at most one of --load-8bit and --load-4bit.")
+    if args.conv_mode is not None:
+        get_conv_template(args.conv_mode)  # unknown names: ValueError listing the known ones
+
+
+def start_session(args: argparse.Namespace) -> ChatSession:
+    """Load the images and the model, pick the template, and open a streaming session."""
+    images = load_images(args.image_file) if args.image_file else []
+    tokenizer, model, image_processor, context_len = load_pretrained_model(
+        args.model_path, args.model_base, None, load_8bit=args.load_8bit, load_4bit=args.load_4bit,
+        device=args.device, attn_implementation=args.attn_implementation,
+    )
+    if images and image_processor is None:
+        raise ValueError(f"{args.model_path} has no vision tower; run it without --image-file.")
+    if args.conv_mode:
+        logger.info("Conversation template: %s (from --conv-mode)", args.conv_mode)
+    conv_mode = args.conv_mode or default_conv_mode(model.config)
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    return ChatSession(tokenizer, model, image_processor, images, conv_mode, context_len,
+                       temperature=args.temperature, max_new_tokens=args.max_new_tokens, streamer=streamer)
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        check_args(args)
+        chat(start_session(args), debug=args.debug)
+    except KeyboardInterrupt:
+        print()
+        return 0
+    except (ValueError, OSError, ImportError) as error:
+        if args.debug:
+            raise
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
