@@ -24,14 +24,18 @@ fi
 if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   NUM_GPUS=${NUM_GPUS:-$(python -c "import torch; print(torch.cuda.device_count())")}
   PRECISION_ARGS=(--bf16 True --tf32 True)
+  DEEPSPEED_CONFIG=${DEEPSPEED_CONFIG:-zero3.json}
+  GRADIENT_CHECKPOINTING=${GRADIENT_CHECKPOINTING:-True}
 else
-  # DeepSpeed's CPU accelerator (gloo). bf16 works on CPU; fp16 and tf32 do not.
+  # On CPU, DeepSpeed is opt-in (DEEPSPEED_CONFIG=zero3.json uses its CPU accelerator over gloo):
+  # for the tiny model its partitioning only adds overhead. bf16 works on CPU; fp16 and tf32 do not.
   export DS_ACCELERATOR=cpu
   NUM_GPUS=${NUM_GPUS:-1}
   PRECISION_ARGS=()
+  DEEPSPEED_CONFIG=${DEEPSPEED_CONFIG:-none}
+  GRADIENT_CHECKPOINTING=${GRADIENT_CHECKPOINTING:-False}
 fi
 
-DEEPSPEED_CONFIG=${DEEPSPEED_CONFIG:-zero3.json}
 if [ "${DEEPSPEED_CONFIG}" = "none" ]; then DEEPSPEED_ARGS=(); else DEEPSPEED_ARGS=(--deepspeed "${DEEPSPEED_CONFIG}"); fi
 
 # ProxyV is on when PROXYV_START_LAYER is a number; PROXYV_START_LAYER=none trains the baseline.
@@ -41,5 +45,6 @@ else PROXYV_ARGS=(--proxyv_start_layer "${PROXYV_START_LAYER}" --proxyv_reduce_f
 launch() {
   torchrun --nproc_per_node "${NUM_GPUS}" --nnodes "${NNODES}" --node_rank "${RANK}" \
     --master_addr "${MASTER_ADDR}" --master_port "${MASTER_PORT}" \
-    llava/train/train.py "${DEEPSPEED_ARGS[@]}" "${PRECISION_ARGS[@]}" "${PROXYV_ARGS[@]}" --report_to "${REPORT_TO}" "$@"
+    llava/train/train.py "${DEEPSPEED_ARGS[@]}" "${PRECISION_ARGS[@]}" "${PROXYV_ARGS[@]}" --report_to "${REPORT_TO}" \
+    --gradient_checkpointing "${GRADIENT_CHECKPOINTING}" "$@"
 }

@@ -15,7 +15,7 @@ if [ ! -f "${PRETRAIN_ADAPTER}" ]; then
 fi
 if [ "${TINY}" = 1 ]; then
   DATA_PATH=${TINY_DIR}/data/tiny_instruct.json; IMAGE_FOLDER=${TINY_DIR}/data
-  BATCH=4; ACCUM=1; EPOCHS=3; LR=2e-3; MAX_LEN=8192; WORKERS=0
+  BATCH=4; ACCUM=1; EPOCHS=2; LR=2e-3; MAX_LEN=8192; WORKERS=0
 else
   DATA_PATH=${DATA_PATH:?set DATA_PATH to the LLaVA-NeXT instruction json}; IMAGE_FOLDER=${IMAGE_FOLDER:?set IMAGE_FOLDER}
   BATCH=${BATCH:-4}; ACCUM=${ACCUM:-4}; EPOCHS=1; LR=1e-5; MAX_LEN=32768; WORKERS=4
@@ -34,5 +34,5 @@ launch \
   --num_train_epochs "${EPOCHS}" --per_device_train_batch_size "${BATCH}" --gradient_accumulation_steps "${ACCUM}" \
   --learning_rate "${LR}" --weight_decay 0. --warmup_ratio 0.03 --lr_scheduler_type cosine \
   --logging_steps 1 --save_strategy steps --save_steps 1000 --save_total_limit 1 \
-  --model_max_length "${MAX_LEN}" --gradient_checkpointing True \
+  --model_max_length "${MAX_LEN}" \
   --dataloader_num_workers "${WORKERS}" --lazy_preprocess True "$@"

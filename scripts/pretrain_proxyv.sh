@@ -27,5 +27,5 @@ launch \
   --num_train_epochs "${EPOCHS}" --per_device_train_batch_size "${BATCH}" --gradient_accumulation_steps "${ACCUM}" \
   --learning_rate "${LR}" --weight_decay 0. --warmup_ratio 0.03 --lr_scheduler_type cosine \
   --logging_steps 1 --save_strategy steps --save_steps 500 --save_total_limit 2 \
-  --model_max_length "${MAX_LEN}" --gradient_checkpointing True \
+  --model_max_length "${MAX_LEN}" \
   --dataloader_num_workers "${WORKERS}" --lazy_preprocess True "$@"
