@@ -3,8 +3,26 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from llava.tiny.build import build_tiny_assets
 from llava.tiny.tokenizer import tiny_tokenizer_corpus, train_tiny_tokenizer
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The tiny models run fastest on one thread; two threads on two busy cores thrash."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory):
+    """The package's tiny offline assets (dataset, tokenizer, tiny Vicuna, tiny CLIP, LLaVA and
+    ProxyV checkpoints), built once per session; tests must not write into them."""
+    return build_tiny_assets(tmp_path_factory.mktemp("tiny"))
 
 # ----------------------------------------------------------------------------- tiny tokenizer
 # Used by the conversation, mm_utils, tokenizer and preprocessing tests.

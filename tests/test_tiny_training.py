@@ -7,23 +7,16 @@ batches from the same starting weights.
 
 import json
 
-import pytest
 import torch
 from transformers import AutoTokenizer
 
 from llava.constants import IGNORE_INDEX
 from llava.mm_utils import load_image, process_images
 from llava.model.builder import load_pretrained_model
-from llava.tiny.build import build_tiny_assets
 from llava.train.preprocess import tokenize_conversation
 
 NUM_STEPS = 16
 BATCH = 2
-
-
-@pytest.fixture(scope="module")
-def tiny_assets(tmp_path_factory):
-    return build_tiny_assets(tmp_path_factory.mktemp("tiny"))
 
 
 def _batches(assets, tokenizer, image_processor, config):
@@ -42,7 +35,11 @@ def _batches(assets, tokenizer, image_processor, config):
         labels = torch.full((BATCH, length), IGNORE_INDEX)
         mask = torch.zeros(BATCH, length, dtype=torch.long)
         for row, (ids, lab, _) in enumerate(chosen):
-            input_ids[row, : ids.shape[0]], labels[row, : ids.shape[0]], mask[row, : ids.shape[0]] = ids, lab, 1
+            input_ids[row, : ids.shape[0]], labels[row, : ids.shape[0]], mask[row, : ids.shape[0]] = (
+                ids,
+                lab,
+                1,
+            )
         batches.append((input_ids, labels, mask, [pixels for _, _, pixels in chosen]))
     return batches
 

@@ -18,7 +18,6 @@ from llava.conversation import conv_templates
 from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
 from llava.model import LlavaConfig
 from llava.model.builder import load_pretrained_model
-from llava.tiny.build import build_tiny_assets
 
 # Three requests whose images give 5, 4 and 3 AnyRes crops (base crop included).
 IMAGE_SIZES = [(672, 672), (1008, 336), (300, 500)]
@@ -26,17 +25,9 @@ CONTEXTS = ["What is in the image?", "Describe the picture in detail, please.", 
 MAX_NEW_TOKENS = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    return build_tiny_assets(tmp_path_factory.mktemp("tiny"))
+@pytest.fixture(scope="session")
+def assets(tiny_assets):
+    return tiny_assets
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +38,15 @@ def visuals():
 class LmmsEvalLlava:
     """The `llava` plugin's calls into our package, in its order and with its arguments."""
 
-    def __init__(self, pretrained: str, conv_template: str = "vicuna_v1", device: str = "cpu",
-                 device_map: str = "auto", attn_implementation: str = "sdpa", **extra_model_args):
+    def __init__(
+        self,
+        pretrained: str,
+        conv_template: str = "vicuna_v1",
+        device: str = "cpu",
+        device_map: str = "auto",
+        attn_implementation: str = "sdpa",
+        **extra_model_args,
+    ):
         llava_model_args = {"multimodal": True, **extra_model_args}
         if attn_implementation is not None:
             llava_model_args["attn_implementation"] = attn_implementation
@@ -65,7 +63,9 @@ class LmmsEvalLlava:
     def pad_sequence(self, input_ids, batch_first, padding_value):
         if self.tokenizer.padding_side == "left":
             input_ids = [torch.flip(ids, [0]) for ids in input_ids]
-        input_ids = torch.nn.utils.rnn.pad_sequence(input_ids, batch_first=batch_first, padding_value=padding_value)
+        input_ids = torch.nn.utils.rnn.pad_sequence(
+            input_ids, batch_first=batch_first, padding_value=padding_value
+        )
         if self.tokenizer.padding_side == "left":
             input_ids = torch.flip(input_ids, [1])
         return input_ids
@@ -90,10 +90,18 @@ class LmmsEvalLlava:
         question_input = [self.prompt(context, 1 if visuals else 0) for context in contexts]
         gen_kwargs = {"temperature": 0, "top_p": None, "num_beams": 1, "max_new_tokens": 1024, **gen_kwargs}
         gen_kwargs["image_sizes"] = [visual.size for visual in visuals]
-        input_ids_list = [tokenizer_image_token(p, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
-                          for p in question_input]
-        pad_token_ids = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        input_ids = self.pad_sequence(input_ids_list, batch_first=True, padding_value=pad_token_ids).to(self.device)
+        input_ids_list = [
+            tokenizer_image_token(p, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+            for p in question_input
+        ]
+        pad_token_ids = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
+        input_ids = self.pad_sequence(input_ids_list, batch_first=True, padding_value=pad_token_ids).to(
+            self.device
+        )
         attention_masks = input_ids.ne(pad_token_ids).to(self.device)
         cont = self.model.generate(
             input_ids,
@@ -115,11 +123,17 @@ class LmmsEvalLlava:
         conv = conv_templates[self.conv_template].copy()
         conv.append_message(conv.roles[0], DEFAULT_IMAGE_TOKEN + "\n" + context)
         conv.append_message(conv.roles[1], None)
-        contxt_id = tokenizer_image_token(conv.get_prompt(), self.tokenizer, IMAGE_TOKEN_INDEX,
-                                          return_tensors="pt").unsqueeze(0).to(self.device)
+        contxt_id = (
+            tokenizer_image_token(conv.get_prompt(), self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+            .unsqueeze(0)
+            .to(self.device)
+        )
         conv.messages[1][1] = continuation
-        input_ids = tokenizer_image_token(conv.get_prompt(), self.tokenizer, IMAGE_TOKEN_INDEX,
-                                          return_tensors="pt").unsqueeze(0).to(self.device)
+        input_ids = (
+            tokenizer_image_token(conv.get_prompt(), self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+            .unsqueeze(0)
+            .to(self.device)
+        )
         return contxt_id, input_ids
 
     def loglikelihood_forward(self, contxt_id, input_ids, visual):
@@ -128,8 +142,13 @@ class LmmsEvalLlava:
         labels = input_ids.clone()
         labels[0, : contxt_id.shape[1]] = -100
         with torch.inference_mode():
-            return self.model(input_ids=input_ids, labels=labels, images=image, use_cache=True,
-                              image_sizes=[[visual.size[0], visual.size[1]]])
+            return self.model(
+                input_ids=input_ids,
+                labels=labels,
+                images=image,
+                use_cache=True,
+                image_sizes=[[visual.size[0], visual.size[1]]],
+            )
 
 
 @pytest.fixture(scope="module", params=["baseline", "proxyv"])
@@ -162,7 +181,9 @@ def test_loader_takes_the_plugins_arguments(model_args, dtype, assets):
     assert plugin.model.dtype == dtype and plugin.model.device.type == "cpu"
     assert not plugin.model.training
     assert plugin.max_length == 4096
-    assert plugin.config.image_aspect_ratio == model_args.get("overwrite_config", {}).get("image_aspect_ratio", "anyres")
+    assert plugin.config.image_aspect_ratio == model_args.get("overwrite_config", {}).get(
+        "image_aspect_ratio", "anyres"
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
@@ -193,19 +214,27 @@ def test_customized_config_is_used_or_rejected(assets):
 def one_by_one(plugin, visuals):
     """Each request alone, greedy and with two beams (padding cannot matter for one request)."""
     return {
-        beams: [plugin.generate_until([context], [visual], {"num_beams": beams, "max_new_tokens": MAX_NEW_TOKENS})[0][0]
-                for context, visual in zip(CONTEXTS, visuals)]
+        beams: [
+            plugin.generate_until(
+                [context], [visual], {"num_beams": beams, "max_new_tokens": MAX_NEW_TOKENS}
+            )[0][0]
+            for context, visual in zip(CONTEXTS, visuals)
+        ]
         for beams in (1, 2)
     }
 
 
 @pytest.mark.parametrize("padding_side, num_beams", [("left", 1), ("right", 1), ("left", 2)])
-def test_batched_generation_equals_one_by_one(padding_side, num_beams, plugin, visuals, one_by_one, monkeypatch):
+def test_batched_generation_equals_one_by_one(
+    padding_side, num_beams, plugin, visuals, one_by_one, monkeypatch
+):
     # lmms-eval pads on tokenizer.padding_side: "right" as our checkpoints save it, "left" where set.
     monkeypatch.setattr(plugin.tokenizer, "padding_side", padding_side)
     pixels = process_images(visuals, plugin.image_processor, plugin.config)
     assert isinstance(pixels, list) and [p.shape[0] for p in pixels] == [5, 4, 3]
-    cont, texts = plugin.generate_until(CONTEXTS, visuals, {"num_beams": num_beams, "max_new_tokens": MAX_NEW_TOKENS})
+    cont, texts = plugin.generate_until(
+        CONTEXTS, visuals, {"num_beams": num_beams, "max_new_tokens": MAX_NEW_TOKENS}
+    )
     pad = plugin.tokenizer.pad_token_id
     assert cont.shape[0] == 3 and cont.shape[1] <= MAX_NEW_TOKENS  # only new tokens come back
     for row, single in zip(cont, one_by_one[num_beams]):
@@ -215,7 +244,9 @@ def test_batched_generation_equals_one_by_one(padding_side, num_beams, plugin, v
 
 def test_text_only_right_padded_batch_equals_one_by_one(plugin):
     contexts = ["Hello there, what is a square and where is it?", "Hi"]
-    singles = [plugin.generate_until([context], [], {"max_new_tokens": MAX_NEW_TOKENS})[0][0] for context in contexts]
+    singles = [
+        plugin.generate_until([context], [], {"max_new_tokens": MAX_NEW_TOKENS})[0][0] for context in contexts
+    ]
     assert plugin.tokenizer.padding_side == "right"
     cont, _ = plugin.generate_until(contexts, [], {"max_new_tokens": MAX_NEW_TOKENS})
     pad = plugin.tokenizer.pad_token_id
@@ -229,7 +260,7 @@ def test_loglikelihood_loss_and_logits(plugin, visuals):
     contxt_id, input_ids = plugin.loglikelihood_ids(CONTEXTS[0], "The square is red.")
     outputs = plugin.loglikelihood_forward(contxt_id, input_ids, visuals[1])
     loss, logits = outputs["loss"], outputs["logits"]
-    cont_toks = input_ids[:, contxt_id.shape[1]:]
+    cont_toks = input_ids[:, contxt_id.shape[1] :]
     n = cont_toks.shape[1]
     assert torch.equal(input_ids[:, : contxt_id.shape[1]], contxt_id) and n > 1
     # Logits cover the image-expanded sequence: text + 4 crops x (576 patches + newline).

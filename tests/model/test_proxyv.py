@@ -42,15 +42,6 @@ TEXT, FULL, NEWLINE, PROXY = "text", "full", "newline", "proxy"
 GOLDEN_CONFIG = "/work/shared/golden/proxyv_release/spatial_s1/config.json"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These models are tiny: one intra-op thread is faster, and far faster on a busy 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ----------------------------------------------------------------------------- the reference
 
 
@@ -198,7 +189,9 @@ def proxyv_layer(model, layer, vision_mlp, hidden, kinds, positions, crops, prox
 
     weight = layer.input_layernorm.weight
     keys_in = torch.cat([rms_norm(hidden, weight, eps), rms_norm(proxy_states, weight, eps)])
-    out, k, v = attention(layer, config, rms_norm(light_in, weight, eps), query_pos, keys_in, key_pos, visible)
+    out, k, v = attention(
+        layer, config, rms_norm(light_in, weight, eps), query_pos, keys_in, key_pos, visible
+    )
     light_out = light_in + out
     light_out = light_out + ffn(layer, rms_norm(light_out, layer.post_attention_layernorm.weight, eps))
 
@@ -227,8 +220,9 @@ def reference_forward(model, sample, images, scheme=None):
     assignments = [a for _, a in made]
     for index, layer in enumerate(model.model.layers[start:]):
         vision_mlp = model.model.vision_mlp_layers[index]
-        hidden, proxies, k, v = proxyv_layer(model, layer, vision_mlp, hidden, kinds, positions, crops,
-                                             proxies, assignments)
+        hidden, proxies, k, v = proxyv_layer(
+            model, layer, vision_mlp, hidden, kinds, positions, crops, proxies, assignments
+        )
         cache.append((k, v))
     logits = model.lm_head(rms_norm(hidden, model.model.norm.weight, config.rms_norm_eps))
     return logits, cache
@@ -267,8 +261,9 @@ def enable_checkpointing(model):
 @pytest.mark.parametrize("learn_proxy", [False, True], ids=["spatial", "learned"])
 @pytest.mark.parametrize("start", [0, 1, 2, 3])
 def test_matches_reference_on_mixed_batch(start, learn_proxy, scheme):
-    model = tiny_proxyv_model(seed=start, proxyv_start_layer=start, learn_proxy=learn_proxy,
-                              image_newline_positions=scheme)
+    model = tiny_proxyv_model(
+        seed=start, proxyv_start_layer=start, learn_proxy=learn_proxy, image_newline_positions=scheme
+    )
     ids, mask, crops = mixed_batch()
     assert_batch_matches_reference(model, ids, mask, crops, MIXED_SAMPLES)
 
@@ -289,8 +284,9 @@ def test_reference_without_proxyv_layers_is_the_baseline():
 @pytest.mark.parametrize("scheme", ["natural", "release"])
 @pytest.mark.parametrize("learn_proxy", [False, True], ids=["spatial", "learned"])
 def test_start_layer_equal_to_depth_is_the_baseline(learn_proxy, scheme):
-    model = tiny_proxyv_model(seed=11, proxyv_start_layer=NUM_LAYERS, learn_proxy=learn_proxy,
-                              image_newline_positions=scheme)
+    model = tiny_proxyv_model(
+        seed=11, proxyv_start_layer=NUM_LAYERS, learn_proxy=learn_proxy, image_newline_positions=scheme
+    )
     assert len(model.model.vision_mlp_layers) == 0
     baseline = baseline_twin(model)
     ids, mask, crops = mixed_batch()
@@ -319,8 +315,13 @@ def test_text_only_batch_is_the_baseline():
 @pytest.mark.parametrize("scheme", ["natural", "release"])
 @pytest.mark.parametrize("learn_proxy", [False, True], ids=["spatial", "learned"])
 def test_eager_and_sdpa_agree(learn_proxy, scheme, monkeypatch):
-    eager = tiny_proxyv_model(seed=21, proxyv_start_layer=1, learn_proxy=learn_proxy,
-                              image_newline_positions=scheme, attn_implementation="eager")
+    eager = tiny_proxyv_model(
+        seed=21,
+        proxyv_start_layer=1,
+        learn_proxy=learn_proxy,
+        image_newline_positions=scheme,
+        attn_implementation="eager",
+    )
     sdpa = copy_with_attn(eager, "sdpa")
     assert sdpa.config._attn_implementation == "sdpa"
     ids, mask, crops = mixed_batch()
@@ -340,8 +341,13 @@ def test_eager_and_sdpa_agree(learn_proxy, scheme, monkeypatch):
 
     with torch.no_grad():
         embeds, _, layout = eager.prepare_inputs_labels_for_multimodal(ids, mask, None, crops)
-    decoder_inputs = {"inputs_embeds": embeds, "attention_mask": layout.attention_mask,
-                      "position_ids": layout.position_ids, "multimodal_layout": layout, "use_cache": False}
+    decoder_inputs = {
+        "inputs_embeds": embeds,
+        "attention_mask": layout.attention_mask,
+        "position_ids": layout.position_ids,
+        "multimodal_layout": layout,
+        "use_cache": False,
+    }
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting_sdpa)
     counts = {}
     with torch.no_grad():
@@ -400,8 +406,9 @@ def test_gradient_checkpointing_gives_same_loss_and_grads(learn_proxy):
 def test_gradients_match_reference(learn_proxy):
     """Backward through the model equals backward through the reference, parameter by parameter
     (for learned proxies this includes the assignment A's path into Wk and the proxy queries)."""
-    model = tiny_proxyv_model(seed=33, proxyv_start_layer=1, learn_proxy=learn_proxy,
-                              image_newline_positions="release").train()
+    model = tiny_proxyv_model(
+        seed=33, proxyv_start_layer=1, learn_proxy=learn_proxy, image_newline_positions="release"
+    ).train()
     sample, images = MIXED_SAMPLES[0], random_crops([3], seed=4)
     ids = torch.tensor([sample])
     length = expanded_length(sample, [3])
@@ -453,22 +460,33 @@ def greedy_by_recomputation(model, sample, images):
         for _ in range(NEW_TOKENS):
             current = torch.cat([ids, torch.tensor([generated], dtype=torch.long)], 1)
             kwargs = {"images": images} if images else {}
-            logits = model(input_ids=current, attention_mask=torch.ones_like(current), use_cache=False,
-                           **kwargs).logits
+            logits = model(
+                input_ids=current, attention_mask=torch.ones_like(current), use_cache=False, **kwargs
+            ).logits
             generated.append(int(logits[0, -1].argmax()))
     return generated
 
 
 def generate(model, ids, mask, images, use_cache):
     kwargs = {"images": images} if images else {}
-    return model.generate(ids, image_sizes=None, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
-                          pad_token_id=PAD_ID, use_cache=use_cache, **kwargs)
+    return model.generate(
+        ids,
+        image_sizes=None,
+        attention_mask=mask,
+        max_new_tokens=NEW_TOKENS,
+        do_sample=False,
+        pad_token_id=PAD_ID,
+        use_cache=use_cache,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("learn_proxy", [False, True], ids=["spatial", "learned"])
 @pytest.mark.parametrize("scheme", ["natural", "release"])
 def test_greedy_generation_single_sample(scheme, learn_proxy):
-    model = tiny_proxyv_model(seed=41, proxyv_start_layer=1, learn_proxy=learn_proxy, image_newline_positions=scheme)
+    model = tiny_proxyv_model(
+        seed=41, proxyv_start_layer=1, learn_proxy=learn_proxy, image_newline_positions=scheme
+    )
     sample, images = GEN_SAMPLES[0], random_crops([3], seed=5)
     expected = greedy_by_recomputation(model, sample, images)
     ids = torch.tensor([sample])
@@ -480,8 +498,9 @@ def test_greedy_generation_single_sample(scheme, learn_proxy):
 
 @pytest.mark.parametrize("learn_proxy", [False, True], ids=["spatial", "learned"])
 def test_greedy_generation_batched_left_padded(learn_proxy):
-    model = tiny_proxyv_model(seed=42, proxyv_start_layer=2, learn_proxy=learn_proxy,
-                              image_newline_positions="release")
+    model = tiny_proxyv_model(
+        seed=42, proxyv_start_layer=2, learn_proxy=learn_proxy, image_newline_positions="release"
+    )
     crops = random_crops(GEN_CROPS, seed=6)
     per_sample = split_crops_by_sample(GEN_SAMPLES, crops)
     expected = [greedy_by_recomputation(model, s, imgs) for s, imgs in zip(GEN_SAMPLES, per_sample)]
@@ -500,8 +519,9 @@ def test_greedy_generation_batched_left_padded(learn_proxy):
 @pytest.mark.parametrize("learn_proxy", [False, True], ids=["spatial", "learned"])
 def test_prefill_cache_holds_natural_tokens_only(learn_proxy):
     """After a prefill each layer caches exactly T keys/values (no proxies), equal to the reference's."""
-    model = tiny_proxyv_model(seed=43, proxyv_start_layer=1, learn_proxy=learn_proxy,
-                              image_newline_positions="release")
+    model = tiny_proxyv_model(
+        seed=43, proxyv_start_layer=1, learn_proxy=learn_proxy, image_newline_positions="release"
+    )
     sample, images = GEN_SAMPLES[1], random_crops([1, 2], seed=7)
     ids = torch.tensor([sample])
     with torch.no_grad():
@@ -516,7 +536,9 @@ def test_prefill_cache_holds_natural_tokens_only(learn_proxy):
         assert layer.keys.shape[-2] == length, index
         assert layer.values.shape[-2] == length, index
         torch.testing.assert_close(layer.keys[0], keys, atol=ATOL, rtol=1e-5, msg=f"keys of layer {index}")
-        torch.testing.assert_close(layer.values[0], values, atol=ATOL, rtol=1e-5, msg=f"values of layer {index}")
+        torch.testing.assert_close(
+            layer.values[0], values, atol=ATOL, rtol=1e-5, msg=f"values of layer {index}"
+        )
 
 
 def test_prefill_cache_length_in_a_batch():
@@ -536,9 +558,16 @@ def test_prefill_cache_length_in_a_batch():
 
 
 def _vicuna7b_proxyv(learn_proxy):
-    config = LlavaProxyVConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                               num_attention_heads=32, vocab_size=32000, proxyv_start_layer=16,
-                               learn_proxy=learn_proxy, mm_vision_tower=None)
+    config = LlavaProxyVConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        vocab_size=32000,
+        proxyv_start_layer=16,
+        learn_proxy=learn_proxy,
+        mm_vision_tower=None,
+    )
     with torch.device("meta"):
         return LlavaProxyVLlamaForCausalLM(config)
 

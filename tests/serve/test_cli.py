@@ -22,23 +22,14 @@ import torch
 from llava.conversation import get_conv_template
 from llava.model.builder import load_pretrained_model
 from llava.serve.cli import ChatSession, default_conv_mode, load_images, main, stopping_criteria
-from llava.tiny.build import build_tiny_assets
 
 GOLDEN = Path("/work/shared/golden/proxyv_release")
 SYSTEM = get_conv_template("vicuna_v1").system
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    return build_tiny_assets(tmp_path_factory.mktemp("tiny"))
+@pytest.fixture(scope="session")
+def assets(tiny_assets):
+    return tiny_assets
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +41,14 @@ def images(assets):
 
 def run_cli(args, stdin: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "llava.serve.cli", *args], input=stdin, capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "llava.serve.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def run_main(args, stdin, monkeypatch, capsys):
@@ -64,7 +61,7 @@ def run_main(args, stdin, monkeypatch, capsys):
 
 def debug_lines(stdout: str, key: str) -> list[str]:
     prefix = f"[debug] {key}: "
-    return [ast.literal_eval(line[len(prefix):]) for line in stdout.splitlines() if line.startswith(prefix)]
+    return [ast.literal_eval(line[len(prefix) :]) for line in stdout.splitlines() if line.startswith(prefix)]
 
 
 def assert_one_error_line(code: int, stderr: str, *needles: str) -> None:
@@ -80,8 +77,20 @@ def assert_one_error_line(code: int, stderr: str, *needles: str) -> None:
 
 
 def test_piped_two_turn_proxyv_chat_keeps_the_dialogue(assets, images):
-    result = run_cli(["--model-path", str(assets.llava_proxyv), "--image-file", images, "--temperature", "0",
-                      "--max-new-tokens", "8", "--debug"], "What is in the image?\nAnd what colour is it?\n")
+    result = run_cli(
+        [
+            "--model-path",
+            str(assets.llava_proxyv),
+            "--image-file",
+            images,
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "8",
+            "--debug",
+        ],
+        "What is in the image?\nAnd what colour is it?\n",
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "vicuna_v1" in result.stderr  # which template was chosen is logged
@@ -103,8 +112,19 @@ def test_golden_release_checkpoint_answers(tmp_path):
     shutil.copytree(GOLDEN / "spatial_s1", checkpoint)
     config = checkpoint / "config.json"
     config.write_text(config.read_text().replace('"CLIP_DIR"', json.dumps(str(GOLDEN / "clip"))))
-    result = run_cli(["--model-path", str(checkpoint), "--image-file", str(GOLDEN / "images" / "img0.png"),
-                      "--temperature", "0", "--max-new-tokens", "6"], "What is this?\n")
+    result = run_cli(
+        [
+            "--model-path",
+            str(checkpoint),
+            "--image-file",
+            str(GOLDEN / "images" / "img0.png"),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "6",
+        ],
+        "What is this?\n",
+    )
     assert result.returncode == 0, result.stderr
     assert "LlavaProxyVLlamaForCausalLM" in result.stderr
     answer = result.stdout.split("ASSISTANT: ", 1)[1].split("\n", 1)[0]
@@ -123,11 +143,32 @@ def test_missing_image_is_one_line_naming_the_file(assets, tmp_path):
 def test_baseline_streams_exactly_the_reply(assets, images, monkeypatch, capsys):
     """The streamer prints the generated tokens only (our generate feeds embeddings)."""
     tokenizer, model, processor, context_len = load_pretrained_model(str(assets.llava), device="cpu")
-    session = ChatSession(tokenizer, model, processor, load_images(images), "vicuna_v1", context_len,
-                          temperature=0, max_new_tokens=6)
+    session = ChatSession(
+        tokenizer,
+        model,
+        processor,
+        load_images(images),
+        "vicuna_v1",
+        context_len,
+        temperature=0,
+        max_new_tokens=6,
+    )
     expected = session.ask("Describe the image.")
-    code, out, err = run_main(["--model-path", str(assets.llava), "--image-file", images, "--temperature", "0",
-                               "--max-new-tokens", "6"], "Describe the image.\n", monkeypatch, capsys)
+    code, out, err = run_main(
+        [
+            "--model-path",
+            str(assets.llava),
+            "--image-file",
+            images,
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "6",
+        ],
+        "Describe the image.\n",
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     head, tail = "USER: ASSISTANT:", "\nUSER: \n"
     assert out.startswith(head) and out.endswith(tail)
@@ -135,8 +176,12 @@ def test_baseline_streams_exactly_the_reply(assets, images, monkeypatch, capsys)
 
 
 def test_text_only_session_and_empty_line_ends(assets, monkeypatch, capsys):
-    code, out, err = run_main(["--model-path", str(assets.llava_proxyv), "--temperature", "0",
-                               "--max-new-tokens", "4", "--debug"], "Hello\n\nnever read\n", monkeypatch, capsys)
+    code, out, err = run_main(
+        ["--model-path", str(assets.llava_proxyv), "--temperature", "0", "--max-new-tokens", "4", "--debug"],
+        "Hello\n\nnever read\n",
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     prompts = debug_lines(out, "prompt")
     assert prompts == [f"{SYSTEM} USER: Hello ASSISTANT:"]  # no placeholder without images
@@ -175,8 +220,12 @@ def test_bad_input_is_one_line(args, needles, assets, monkeypatch, capsys):
 def test_unreadable_image_is_one_line(assets, tmp_path, monkeypatch, capsys):
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("not a picture")
-    code, _, err = run_main(["--model-path", str(assets.llava_proxyv), "--image-file", str(not_an_image)], "hi\n",
-                            monkeypatch, capsys)
+    code, _, err = run_main(
+        ["--model-path", str(assets.llava_proxyv), "--image-file", str(not_an_image)],
+        "hi\n",
+        monkeypatch,
+        capsys,
+    )
     assert_one_error_line(code, err, str(not_an_image))
 
 
@@ -191,7 +240,10 @@ def test_quantized_loading_without_cuda_is_one_line(flag, assets, monkeypatch, c
 
 
 def test_default_conv_mode():
-    assert default_conv_mode(SimpleNamespace(conv_template="llava_llama_3", model_type="llava_llama")) == "llava_llama_3"
+    assert (
+        default_conv_mode(SimpleNamespace(conv_template="llava_llama_3", model_type="llava_llama"))
+        == "llava_llama_3"
+    )
     assert default_conv_mode(SimpleNamespace(model_type="llava_llama")) == "vicuna_v1"
     assert default_conv_mode(SimpleNamespace(model_type="llava_proxyv_llama")) == "vicuna_v1"
     with pytest.raises(ValueError, match="--conv-mode"):
@@ -208,8 +260,16 @@ def test_stop_is_eos_for_vicuna_and_a_keyword_otherwise(assets):
 
 def test_over_long_conversation_is_refused_and_not_kept(assets, images):
     tokenizer, model, processor, _ = load_pretrained_model(str(assets.llava_proxyv), device="cpu")
-    session = ChatSession(tokenizer, model, processor, load_images(images), "vicuna_v1", context_len=1000,
-                          temperature=0, max_new_tokens=8)
+    session = ChatSession(
+        tokenizer,
+        model,
+        processor,
+        load_images(images),
+        "vicuna_v1",
+        context_len=1000,
+        temperature=0,
+        max_new_tokens=8,
+    )
     with pytest.raises(ValueError, match="context of 1000 tokens"):
         session.ask("What is in the image?")
     assert session.conversation.messages == []

@@ -19,41 +19,98 @@ from safetensors.torch import load_file
 from llava.eval.run_llava import answer
 from llava.mm_utils import load_image
 from llava.model.builder import load_pretrained_model
-from llava.tiny.build import build_tiny_assets
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = str(REPO / "llava" / "train" / "train.py")
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    return build_tiny_assets(tmp_path_factory.mktemp("tiny"))
+@pytest.fixture(scope="session")
+def assets(tiny_assets):
+    return tiny_assets
 
 
 def _common(assets, output_dir, *extra):
-    return ["--model_name_or_path", str(assets.llm), "--vision_tower", str(assets.clip),
-            "--image_folder", str(assets.data), "--output_dir", str(output_dir), "--report_to", "none",
-            "--dataloader_num_workers", "0", "--logging_steps", "1", "--learning_rate", "1e-3", *extra]
+    return [
+        "--model_name_or_path",
+        str(assets.llm),
+        "--vision_tower",
+        str(assets.clip),
+        "--image_folder",
+        str(assets.data),
+        "--output_dir",
+        str(output_dir),
+        "--report_to",
+        "none",
+        "--dataloader_num_workers",
+        "0",
+        "--logging_steps",
+        "1",
+        "--learning_rate",
+        "1e-3",
+        *extra,
+    ]
 
 
 def _stage1(assets, output_dir, *extra):
-    return _common(assets, output_dir, "--version", "plain", "--data_path", str(assets.captions),
-                   "--image_aspect_ratio", "pad", "--mm_tunable_parts", "mm_mlp_adapter,mm_vision_mlp",
-                   "--per_device_train_batch_size", "4", "--max_steps", "3", "--save_strategy", "no", *extra)
+    return _common(
+        assets,
+        output_dir,
+        "--version",
+        "plain",
+        "--data_path",
+        str(assets.captions),
+        "--image_aspect_ratio",
+        "pad",
+        "--mm_tunable_parts",
+        "mm_mlp_adapter,mm_vision_mlp",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_steps",
+        "3",
+        "--save_strategy",
+        "no",
+        *extra,
+    )
 
 
 def _stage2(assets, output_dir, adapter, *extra):
-    return _common(assets, output_dir, "--version", "v1", "--data_path", str(assets.instruct),
-                   "--pretrain_mm_mlp_adapter", str(adapter), "--model_max_length", "8192",
-                   "--mm_tunable_parts", "mm_mlp_adapter,mm_vision_mlp,mm_language_model",
-                   "--per_device_train_batch_size", "1", "--group_by_modality_length", "True", *extra)
+    return _common(
+        assets,
+        output_dir,
+        "--version",
+        "v1",
+        "--data_path",
+        str(assets.instruct),
+        "--pretrain_mm_mlp_adapter",
+        str(adapter),
+        "--model_max_length",
+        "8192",
+        "--mm_tunable_parts",
+        "mm_mlp_adapter,mm_vision_mlp,mm_language_model",
+        "--per_device_train_batch_size",
+        "1",
+        "--group_by_modality_length",
+        "True",
+        *extra,
+    )
 
 
 def _run(args, deepspeed: bool = False) -> str:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     if deepspeed:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29531",
-                   TRAIN, "--deepspeed", str(REPO / "zero3.json"), *args]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "1",
+            "--master_port",
+            "29531",
+            TRAIN,
+            "--deepspeed",
+            str(REPO / "zero3.json"),
+            *args,
+        ]
     else:
         command = [sys.executable, TRAIN, *args]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
@@ -64,8 +121,9 @@ def _run(args, deepspeed: bool = False) -> str:
 def _answers(model_dir, assets) -> str:
     tokenizer, model, processor, _ = load_pretrained_model(str(model_dir), None, None, device="cpu")
     image = load_image(assets.example_image())
-    reply = answer(tokenizer, model, processor, [image], "What color is the background?", "vicuna_v1",
-                   max_new_tokens=4)
+    reply = answer(
+        tokenizer, model, processor, [image], "What color is the background?", "vicuna_v1", max_new_tokens=4
+    )
     assert isinstance(reply, str)
     return type(model).__name__
 
@@ -79,8 +137,22 @@ def test_zero3_two_stages_proxyv_hand_off_and_answer(assets, tmp_path):
     assert any(k.startswith("model.mm_projector.") for k in adapter)
 
     # Learning rate 0: whatever stage 2 saves for the multimodal weights is exactly what it loaded.
-    _run(_stage2(assets, stage2, stage1 / "mm_projector.bin", "--proxyv_start_layer", "2",
-                 "--max_steps", "1", "--learning_rate", "0", "--save_strategy", "no"), deepspeed=True)
+    _run(
+        _stage2(
+            assets,
+            stage2,
+            stage1 / "mm_projector.bin",
+            "--proxyv_start_layer",
+            "2",
+            "--max_steps",
+            "1",
+            "--learning_rate",
+            "0",
+            "--save_strategy",
+            "no",
+        ),
+        deepspeed=True,
+    )
     saved = load_file(str(stage2 / "model.safetensors"))
     for name, value in adapter.items():
         assert torch.equal(saved[name].float(), value.float()), name
@@ -92,7 +164,9 @@ def test_zero3_two_stages_proxyv_hand_off_and_answer(assets, tmp_path):
 def test_baseline_two_stages_learn_and_answer(assets, tmp_path):
     stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
     _run(_stage1(assets, stage1))
-    log = _run(_stage2(assets, stage2, stage1 / "mm_projector.bin", "--max_steps", "6", "--save_strategy", "no"))
+    log = _run(
+        _stage2(assets, stage2, stage1 / "mm_projector.bin", "--max_steps", "6", "--save_strategy", "no")
+    )
     losses = [float(value) for value in re.findall(r"'loss': '([0-9.]+)'", log)]
     assert len(losses) == 6 and all(0 < loss < 20 for loss in losses), losses
     assert not (stage2 / "mm_projector.bin").exists()  # stage 2 saves the whole model
@@ -102,8 +176,17 @@ def test_baseline_two_stages_learn_and_answer(assets, tmp_path):
 def test_rerun_resumes_from_the_last_checkpoint(assets, tmp_path):
     stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
     _run(_stage1(assets, stage1, "--proxyv_start_layer", "2"))
-    args = _stage2(assets, stage2, stage1 / "mm_projector.bin", "--proxyv_start_layer", "2",
-                   "--save_strategy", "steps", "--save_steps", "2")
+    args = _stage2(
+        assets,
+        stage2,
+        stage1 / "mm_projector.bin",
+        "--proxyv_start_layer",
+        "2",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+    )
     _run([*args, "--max_steps", "2"])
     assert (stage2 / "checkpoint-2").is_dir()
     log = _run([*args, "--max_steps", "4"])
