@@ -1,0 +1,208 @@
+"""Analytic prefill FLOPs of the baseline and the ProxyV decoder, from shapes alone.
+
+This mirrors what our implementation computes, counted the way `torch.utils.flop_counter` counts:
+only matrix products (mm/addmm/bmm, attention, convolution), a multiply-add is 2 FLOPs, a bias add,
+norm, softmax, activation, RoPE, gather/scatter, copy or interpolation is 0, and attention is
+counted over the full query x key matrix (no causal or mask skipping).
+
+Sequence of one sample with `C` crops of `g*g` tokens and `text` text tokens:
+* natural length `T = text + C*(g*g + 1)` (each crop is followed by one newline token);
+* light stream `T_l = text + C` (text + newlines) plus `P = C*n` proxies.
+
+Baseline layer: q/k/v/o projections and the FFN on all `T` tokens, attention `T x T`.
+ProxyV layer: q/o projections and the FFN on the `T_l + P` light tokens; k/v projections on the
+`T + P` keys (natural sequence + proxies); attention `(T_l + P) x (T + P)`; the `VisionMLP` on the
+`C*g*g` full tokens (`input_proj` d -> d_m, `proj.0` 2 d_m -> d_m, `proj.2` d_m -> d); `context_proj`
+on the `P` proxies; with learned proxies the guidance `A @ context` ([g*g, n] x [n, d_m] per crop).
+Proxy creation (once, entering layer s): spatial = bilinear interpolation, 0 counted FLOPs (about 8
+per output element, i.e. ~C*n*d*8, negligible); learned = `W_k` on full tokens, the [n, g*g]
+scores and the softmax-weighted sum of the full tokens.
+"""
+
+import re
+from dataclasses import dataclass
+
+from transformers import CLIPVisionConfig
+
+from llava.model.proxyv.modules import reduced_hidden_size
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """A Llama decoder's matrix shapes."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    vocab_size: int = 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class SequenceShape:
+    """One sample: `text` text tokens and `crops` image crops of `tokens_per_crop` (g*g) tokens."""
+
+    text: int
+    crops: int
+    tokens_per_crop: int
+    proxies_per_crop: int = 0
+
+    @property
+    def total(self) -> int:
+        """T: text + every crop's tokens and newline."""
+        return self.text + self.crops * (self.tokens_per_crop + 1)
+
+    @property
+    def light(self) -> int:
+        """T_l: text + newlines."""
+        return self.text + self.crops
+
+    @property
+    def proxies(self) -> int:
+        """P: C*n."""
+        return self.crops * self.proxies_per_crop
+
+    @property
+    def full(self) -> int:
+        """C*g*g full vision tokens."""
+        return self.crops * self.tokens_per_crop
+
+
+def linear_flops(tokens: int, in_features: int, out_features: int) -> int:
+    return 2 * tokens * in_features * out_features
+
+
+def attention_flops(num_heads: int, head_dim: int, queries: int, keys: int) -> int:
+    """Scores (Q K^T) plus the weighted sum of values, over the whole [queries, keys] matrix."""
+    return 2 * (2 * num_heads * queries * keys * head_dim)
+
+
+def ffn_flops(shape: DecoderShape, tokens: int) -> int:
+    """Llama's gated FFN: gate, up (d -> i) and down (i -> d)."""
+    return 3 * linear_flops(tokens, shape.hidden_size, shape.intermediate_size)
+
+
+def baseline_layer_flops(shape: DecoderShape, tokens: int) -> int:
+    """One ordinary decoder layer over `tokens` (T) tokens."""
+    d = shape.hidden_size
+    projections = 2 * linear_flops(tokens, d, d) + 2 * linear_flops(tokens, d, shape.kv_size)
+    return projections + attention_flops(shape.num_heads, shape.head_dim, tokens, tokens) + ffn_flops(shape, tokens)
+
+
+def proxyv_layer_breakdown(shape: DecoderShape, seq: SequenceShape, reduced_size: int,
+                           learn_proxy: bool = False) -> dict[str, int]:
+    """Per-part FLOPs of one ProxyV layer; `reduced_size` is d_m."""
+    d, d_m = shape.hidden_size, reduced_size
+    queries = seq.light + seq.proxies  # T_l + P
+    keys = seq.total + seq.proxies  # T + P
+    parts = {
+        "q_o_proj": 2 * linear_flops(queries, d, d),
+        "k_v_proj": 2 * linear_flops(keys, d, shape.kv_size),
+        "attention": attention_flops(shape.num_heads, shape.head_dim, queries, keys),
+        "ffn": ffn_flops(shape, queries),
+        "vision_mlp": linear_flops(seq.full, d, d_m) + linear_flops(seq.full, 2 * d_m, d_m)
+        + linear_flops(seq.full, d_m, d),
+        "context_proj": linear_flops(seq.proxies, d, d_m),
+        # A [g*g, n] @ context [n, d_m] per crop; spatial guidance is a copy.
+        "guidance": linear_flops(seq.full, seq.proxies_per_crop, d_m) if learn_proxy else 0,
+    }
+    return parts
+
+
+def proxyv_layer_flops(shape: DecoderShape, seq: SequenceShape, reduced_size: int, learn_proxy: bool = False) -> int:
+    return sum(proxyv_layer_breakdown(shape, seq, reduced_size, learn_proxy).values())
+
+
+def proxy_creation_flops(shape: DecoderShape, seq: SequenceShape, reduced_size: int, learn_proxy: bool) -> int:
+    """Once per prefill, entering layer s: 0 for spatial (interpolation is not a matmul)."""
+    if not learn_proxy:
+        return 0
+    keys = linear_flops(seq.full, shape.hidden_size, reduced_size)  # W_k on every full token
+    scores = linear_flops(seq.proxies, reduced_size, seq.tokens_per_crop)  # [n, d_m] x [d_m, g*g] per crop
+    pooled = linear_flops(seq.proxies, seq.tokens_per_crop, shape.hidden_size)  # softmax [n, g*g] @ V [g*g, d]
+    return keys + scores + pooled
+
+
+def llm_prefill_flops(shape: DecoderShape, seq: SequenceShape, num_layers: int, start_layer: int | None = None,
+                      reduced_size: int = 0, learn_proxy: bool = False) -> int:
+    """All decoder layers; `start_layer` None (or = num_layers) is the baseline."""
+    start = num_layers if start_layer is None else start_layer
+    total = start * baseline_layer_flops(shape, seq.total)
+    if start < num_layers:
+        total += proxy_creation_flops(shape, seq, reduced_size, learn_proxy)
+        total += (num_layers - start) * proxyv_layer_flops(shape, seq, reduced_size, learn_proxy)
+    return total
+
+
+def lm_head_flops(shape: DecoderShape, tokens: int = 1) -> int:
+    """Logits of the last `tokens` positions (1 for a generation prefill: logits_to_keep=1)."""
+    return linear_flops(tokens, shape.hidden_size, shape.vocab_size)
+
+
+def clip_tower_flops(hidden: int, intermediate: int, layers: int, image_size: int, patch_size: int,
+                     crops: int, channels: int = 3) -> int:
+    """CLIP ViT over `crops` images: patch convolution, then every layer on g*g + 1 tokens (CLS).
+
+    All `layers` run (transformers' CLIPVisionModel computes every layer even though LLaVA reads
+    the second to last), as in LLaVA.
+    """
+    patches = (image_size // patch_size) ** 2
+    tokens = crops * (patches + 1)
+    patch_embed = linear_flops(crops * patches, channels * patch_size * patch_size, hidden)
+    per_layer = 4 * linear_flops(tokens, hidden, hidden) + 2 * linear_flops(tokens, hidden, intermediate)
+    per_layer += crops * attention_flops(1, hidden, patches + 1, patches + 1)
+    return patch_embed + layers * per_layer
+
+
+def mlp_projector_flops(vision_hidden: int, hidden: int, depth: int, tokens: int) -> int:
+    """`mlp{depth}x_gelu`: Linear(d_vis, d) then depth - 1 Linear(d, d); depth 0 is the identity."""
+    if depth == 0:
+        return 0
+    return linear_flops(tokens, vision_hidden, hidden) + (depth - 1) * linear_flops(tokens, hidden, hidden)
+
+
+def decoder_shape(config) -> DecoderShape:
+    """The decoder shape of a LLaVA / ProxyV config."""
+    return DecoderShape(config.hidden_size, config.intermediate_size, config.num_attention_heads,
+                        config.num_key_value_heads, config.vocab_size)
+
+
+def _projector_depth(projector_type: str) -> int:
+    """Linear layers of a projector: `linear` 1, `mlp{N}x_gelu` N, `identity` 0."""
+    if projector_type == "identity":
+        return 0
+    if projector_type == "linear":
+        return 1
+    match = re.fullmatch(r"mlp(\d+)x_gelu", projector_type)
+    if not match:
+        raise ValueError(f"No analytic FLOPs for projector '{projector_type}'.")
+    return int(match.group(1))
+
+
+def analytic_prefill_flops(config, text_tokens: int, crops: int) -> dict[str, int]:
+    """Vision tower, projector, decoder layers and LM head (last token) FLOPs of one prefill."""
+    vision = CLIPVisionConfig(**config.mm_vision_tower_config)
+    grid = vision.image_size // vision.patch_size
+    shape = decoder_shape(config)
+    proxyv = getattr(config, "proxyv_start_layer", None) is not None
+    proxies = config.num_proxies_per_crop if proxyv else 0
+    seq = SequenceShape(text_tokens, crops, grid * grid, proxies)
+    reduced = reduced_hidden_size(config.hidden_size, config.hidden_size_reduce_factor) if proxyv else 0
+    start = config.proxyv_start_layer if proxyv else None
+    return {
+        "vision_flops": clip_tower_flops(vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers,
+                                         vision.image_size, vision.patch_size, crops, vision.num_channels),
+        "projector_flops": mlp_projector_flops(vision.hidden_size, config.hidden_size,
+                                               _projector_depth(config.mm_projector_type), seq.full),
+        "llm_flops": llm_prefill_flops(shape, seq, config.num_hidden_layers, start, reduced,
+                                       bool(getattr(config, "learn_proxy", False))),
+        "lm_head_flops": lm_head_flops(shape, 1),
+    }

@@ -1,0 +1,542 @@
+"""`python -m llava.eval.prefill_benchmark`: prefill FLOPs, time and memory of the baseline vs ProxyV.
+
+For each model (a preset or a config path, see `llava.eval.presets`) it measures the baseline and
+ProxyV from each `--proxyv-start-layers` entry on one sample: `--text-tokens` text tokens split
+around one image of `--crops` crops (random ids, random pixels, random weights).
+
+* FLOPs are always counted exactly with `torch.utils.flop_counter.FlopCounterMode` on a model built
+  on the `meta` device (no weights allocated), stage by stage: vision tower, projector, decoder
+  layers (LLM) and LM head. The LM head counts the last token's logits only (`logits_to_keep=1`),
+  as a generation prefill does. Each row also carries the analytic count of `llava.eval.flops`.
+* With `--device cpu|cuda` it also builds the model with random weights and times the prefill
+  (`use_cache=True, logits_to_keep=1`), one training step (forward + backward, labels on the text,
+  no optimizer) and one decoding step (one token over the prefill's KV cache), each the median of
+  `--repeats` runs after `--warmup` runs, and records the peak memory of the prefill and the step.
+
+It prints a table and writes JSON `{"setting": {...}, "rows": [...]}`; reductions are fractions
+relative to the baseline row of the same model.
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import resource
+import statistics
+import sys
+import time
+
+import torch
+import transformers
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import DynamicCache
+
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.model import LlavaConfig, LlavaLlamaForCausalLM, LlavaProxyVConfig, LlavaProxyVLlamaForCausalLM
+from llava.model.builder import resolve_dtype
+from llava.model.layout import MultimodalLayout, build_multimodal_sequence
+from llava.model.proxyv.modules import spatial_proxies
+from llava.model.proxyv.plan import ProxyVPlan, build_proxyv_plan
+
+from .flops import analytic_prefill_flops
+from .presets import ModelSpec, load_model_spec
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("meta", "cpu", "cuda")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
+FLOP_PARTS = ("vision_flops", "projector_flops", "llm_flops", "lm_head_flops")
+LM_HEAD_NOTE = "logits of the last token only (logits_to_keep=1), as a prefill for generation computes"
+INPUT_SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One row to measure: the baseline (start_layer None) or ProxyV from `start_layer`."""
+
+    spec: ModelSpec
+    config: LlavaConfig
+    start_layer: int | None
+
+    @property
+    def name(self) -> str:
+        return "baseline" if self.start_layer is None else "proxyv"
+
+    @property
+    def model_class(self):
+        return LlavaLlamaForCausalLM if self.start_layer is None else LlavaProxyVLlamaForCausalLM
+
+
+# ----------------------------------------------------------------------------- configs and inputs
+
+
+def _num_layers(spec: ModelSpec, layers: int | None, start_layers: list[int]) -> int:
+    """The LLM depth to build; every start layer must fit (s = depth means no ProxyV layer)."""
+    depth = spec.num_layers if layers is None else layers
+    if not 1 <= depth <= spec.num_layers:
+        raise ValueError(f"--layers must be in [1, {spec.num_layers}] for {spec.name}, got {depth}.")
+    too_deep = [s for s in start_layers if not 0 <= s <= depth]
+    if too_deep:
+        where = f"--layers {depth}" if layers is not None else f"{spec.name}'s {depth} layers"
+        raise ValueError(f"ProxyV start layer(s) {too_deep} out of range: with {where} a start layer must be "
+                         f"in [0, {depth}].")
+    return depth
+
+
+def build_variants(spec: ModelSpec, start_layers: list[int], layers: int | None, learn_proxy: bool) -> list[Variant]:
+    """The baseline then one ProxyV variant per start layer, all at the same LLM depth."""
+    values = {**spec.llava_values, "num_hidden_layers": _num_layers(spec, layers, start_layers)}
+    variants = [Variant(spec, LlavaConfig(**values), None)]
+    for start in start_layers:
+        config = LlavaProxyVConfig(**values, **spec.proxyv_options, proxyv_start_layer=start,
+                                   learn_proxy=learn_proxy, per_crop_token_len=spec.tokens_per_crop)
+        variants.append(Variant(spec, config, start))
+    return variants
+
+
+def make_input_ids(vocab_size: int, text_tokens: int) -> torch.Tensor:
+    """[1, text + 1]: random text ids with one image placeholder between the two halves."""
+    generator = torch.Generator().manual_seed(INPUT_SEED)
+    before = text_tokens // 2
+    text = torch.randint(4, vocab_size, (text_tokens,), generator=generator)
+    placeholder = torch.tensor([IMAGE_TOKEN_INDEX])
+    return torch.cat([text[:before], placeholder, text[before:]])[None]
+
+
+def make_images(spec: ModelSpec, crops: int, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """[1, C, 3, S, S] random pixels (uninitialised on meta)."""
+    shape = (1, crops, 3, spec.image_size, spec.image_size)
+    if device == "meta":
+        return torch.empty(shape, device="meta", dtype=dtype)
+    generator = torch.Generator().manual_seed(INPUT_SEED)
+    return torch.randn(shape, generator=generator).to(device, dtype)
+
+
+def build_model(variant: Variant, device: str, dtype: torch.dtype, attn_implementation: str):
+    """Random weights in `dtype` on `device` (nothing allocated on meta), in eval mode."""
+    with torch.device(device):
+        model = variant.model_class._from_config(variant.config, dtype=dtype, attn_implementation=attn_implementation)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- FLOPs on meta
+
+
+def _count(fn, *args, **kwargs):
+    """(fn's output, FLOPs counted while it ran)."""
+    with FlopCounterMode(display=False) as counter:
+        output = fn(*args, **kwargs)
+    return output, counter.get_total_flops()
+
+
+def _to_device(record, device: str):
+    """A copy of a dataclass (layout, plan) with every tensor field moved to `device`."""
+    moved = {f.name: getattr(record, f.name).to(device) for f in dataclasses.fields(record)
+             if isinstance(getattr(record, f.name), torch.Tensor)}
+    return dataclasses.replace(record, **moved)
+
+
+def cpu_layout(config, input_ids: torch.Tensor, crops: int, tokens_per_crop: int) -> MultimodalLayout:
+    """The package's layout of the prompt, built on CPU with 1-wide dummy embeddings.
+
+    The layout step and the ProxyV plan read token ids and positions (`nonzero`, `.item()`), which
+    meta tensors do not have; everything else runs on meta.
+    """
+
+    def zero_embedding(ids):  # [B, L] -> [B, L, 1]
+        return torch.zeros(*ids.shape, 1)
+
+    features = [torch.zeros(crops, tokens_per_crop, 1)]  # [C, g*g, 1]
+    _, _, layout = build_multimodal_sequence(input_ids, None, None, features, zero_embedding, torch.zeros(1),
+                                             padding_side="left", newline_scheme=config.image_newline_positions)
+    return layout
+
+
+def _proxyv_decoder(model, hidden: torch.Tensor, layout: MultimodalLayout, plan: ProxyVPlan, cache):
+    """What `LlavaProxyVLlamaModel.forward` runs for a prefill, with a plan built beforehand.
+
+    The plan is built on CPU (it needs index values) and moved to meta; the layers, proxy creation
+    and guided updates are the model's own. `tests/eval/test_flops.py` checks that the counts equal
+    those of the real forward on CPU.
+    """
+    inner, config = model.model, model.config
+    hidden = inner._standard_layers(hidden, None, layout.position_ids, cache, True)  # [1, T, D]
+    full = plan.gather_full(hidden)  # [N, G, D]
+    if config.learn_proxy:
+        proxies, assignment = inner.proxyv_initializer(full)  # [N, n, D], [N, G, n]
+    else:
+        proxies = spatial_proxies(full, config.image_token_len_per_side, config.proxy_grid_size)
+        assignment = None
+    proxy_stream = plan.arrange_proxies(proxies, hidden.shape[0])  # [1, P, D]
+    for layer, vision_mlp in zip(inner.layers[config.proxyv_start_layer :], inner.vision_mlp_layers):
+        hidden, proxy_stream = layer(hidden, proxy_stream, assignment, proxyv_plan=plan, vision_mlp=vision_mlp,
+                                     rotary=inner.rotary_emb, past_key_values=cache)
+    return inner.norm(hidden)
+
+
+def _decoder(model, hidden: torch.Tensor, layout_cpu: MultimodalLayout) -> torch.Tensor:
+    """Decoder prefill on meta with a KV cache: [1, T, D] embeddings -> [1, T, D] final-normed states.
+
+    With a cache and no 2D mask, transformers needs no mask values (it lets SDPA run causally);
+    the counter still counts the full T x T attention, as it does for any mask.
+    """
+    layout = _to_device(layout_cpu, "meta")
+    cache = DynamicCache(config=model.config)
+    config = model.config
+    if not isinstance(config, LlavaProxyVConfig) or config.proxyv_start_layer >= config.num_hidden_layers:
+        output = model.model(inputs_embeds=hidden, position_ids=layout.position_ids, past_key_values=cache,
+                             use_cache=True)
+        return output.last_hidden_state
+    plan = build_proxyv_plan(layout_cpu, config.num_proxies_per_crop, hidden.dtype)
+    return _proxyv_decoder(model, hidden, layout, _to_device(plan, "meta"), cache)
+
+
+@torch.no_grad()
+def count_prefill_flops(model, input_ids: torch.Tensor, images: torch.Tensor) -> dict[str, int]:
+    """FLOPs of one generation prefill of a meta `model`, stage by stage.
+
+    input_ids: [1, L] on CPU with one image placeholder; images: [1, C, 3, S, S] on meta.
+    """
+    pixels = images[0]  # [C, 3, S, S]
+    features, vision = _count(model.get_vision_tower(), pixels)  # [C, G, d_vis]
+    projected, projector = _count(model.model.mm_projector, features)  # [C, G, D]
+    layout = cpu_layout(model.config, input_ids, pixels.shape[0], projected.shape[1])
+    hidden = torch.empty(1, layout.token_kind.shape[1], projected.shape[-1], device="meta", dtype=projected.dtype)
+    last_hidden, llm = _count(_decoder, model, hidden, layout)  # [1, T, D]
+    _, lm_head = _count(model.lm_head, last_hidden[:, -1:])  # logits_to_keep=1
+    return {"vision_flops": vision, "projector_flops": projector, "llm_flops": llm, "lm_head_flops": lm_head}
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+CLEAR_REFS = "/proc/self/clear_refs"
+PROC_STATUS = "/proc/self/status"
+
+
+def _can_reset_peak_rss() -> bool:
+    """Linux lets a process reset its peak RSS (VmHWM) by writing 5 to /proc/self/clear_refs."""
+    return os.path.exists(PROC_STATUS) and os.access(CLEAR_REFS, os.W_OK)
+
+
+def _status_bytes(field: str) -> int:
+    """A `/proc/self/status` size field (e.g. VmRSS, VmHWM) in bytes."""
+    with open(PROC_STATUS, encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise ValueError(f"{PROC_STATUS} has no {field}.")
+
+
+def memory_metric(device: str) -> str:
+    """What the *_peak_memory_mb columns mean on `device`."""
+    if device == "cuda":
+        return ("torch.cuda.max_memory_allocated during the phase minus memory_allocated before it "
+                "(activations, KV cache, gradients; weights excluded)")
+    if _can_reset_peak_rss():
+        return ("peak resident set size during the phase (VmHWM, reset through /proc/self/clear_refs) minus the "
+                "RSS before it: activations, KV cache, gradients and allocator workspaces, weights excluded; "
+                "memory freed earlier but kept by the allocator can hide part of it")
+    return ("growth of resource.getrusage().ru_maxrss (the process's lifetime peak RSS) during the phase: a phase "
+            "that stays below an earlier peak reads 0, so only the first variant's figure is complete")
+
+
+class PhaseMemory:
+    """Peak memory of a phase above what was in use when it began; `peak_mb` after the block."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.reset_rss = device != "cuda" and _can_reset_peak_rss()
+        self.peak_mb = None
+
+    def _peak_bytes(self) -> int:
+        if self.device == "cuda":
+            return torch.cuda.max_memory_allocated()
+        if self.reset_rss:
+            return _status_bytes("VmHWM")
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+    def __enter__(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        elif self.reset_rss:
+            with open(CLEAR_REFS, "w", encoding="ascii") as handle:
+                handle.write("5")
+            self.start = _status_bytes("VmRSS")
+        else:
+            self.start = self._peak_bytes()
+        return self
+
+    def __exit__(self, *exc_info):
+        _sync(self.device)
+        self.peak_mb = max(0, self._peak_bytes() - self.start) / 2**20
+        return False
+
+
+# ----------------------------------------------------------------------------- timing on a device
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_time(step, device: str, warmup: int, repeats: int):
+    """(median wall time of `step()` over `repeats` runs after `warmup` runs, the last run's output)."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        output = step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), output
+
+
+def _prefill(model, input_ids, images):
+    return model(input_ids=input_ids, images=images, use_cache=True, logits_to_keep=1)
+
+
+def _time_prefill_and_decode(model, input_ids, images, device: str, warmup: int, repeats: int) -> dict:
+    """Prefill time and memory; then one decoding step (one token over the last prefill's cache)."""
+    with torch.inference_mode():
+        with PhaseMemory(device) as memory:
+            prefill_time, output = _median_time(lambda: _prefill(model, input_ids, images), device, warmup, repeats)
+        cache = output.past_key_values
+        length = cache.get_seq_length()
+        next_ids = output.logits[:, -1:].argmax(-1)  # [1, 1]
+        position = torch.tensor([[length]], device=input_ids.device)  # text continues at T
+
+        def decode_step():
+            model(input_ids=next_ids, past_key_values=cache, position_ids=position, use_cache=True, logits_to_keep=1)
+            cache.crop(-1)  # drop the decoded token again
+
+        decode_time, _ = _median_time(decode_step, device, warmup, repeats)
+    return {"prefill_time_s": prefill_time, "prefill_peak_memory_mb": memory.peak_mb, "decode_step_time_s": decode_time,
+            "sequence_length": length}
+
+
+def _time_train_step(model, input_ids, images, device: str, warmup: int, repeats: int) -> dict:
+    """Forward + backward with labels on the text tokens (no optimizer), in train mode."""
+    labels = input_ids.clone()  # the placeholder's label is dropped when the image is expanded
+
+    def train_step():
+        model(input_ids=input_ids, images=images, labels=labels, use_cache=False).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    model.train()
+    with PhaseMemory(device) as memory:
+        train_time, _ = _median_time(train_step, device, warmup, repeats)
+    model.eval()
+    return {"train_step_time_s": train_time, "train_peak_memory_mb": memory.peak_mb}
+
+
+def time_variant(variant: Variant, args, dtype: torch.dtype) -> dict:
+    """Build the variant with random weights on `args.device` and time prefill, train step, decode step."""
+    model = build_model(variant, args.device, dtype, args.attn_implementation)
+    weights_mb = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**20
+    input_ids = make_input_ids(variant.config.vocab_size, args.text_tokens).to(args.device)
+    images = make_images(variant.spec, args.crops, args.device, dtype)
+    measured = _time_prefill_and_decode(model, input_ids, images, args.device, args.warmup, args.repeats)
+    measured.update(_time_train_step(model, input_ids, images, args.device, args.warmup, args.repeats))
+    del model
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    return {"weights_mb": weights_mb, **measured}
+
+
+# ----------------------------------------------------------------------------- rows and table
+
+
+def measure_variant(variant: Variant, args, dtype: torch.dtype) -> dict:
+    """One JSON row: FLOPs (meta counter + analytic) and, off meta, times and memory."""
+    meta_model = build_model(variant, "meta", dtype, "sdpa")
+    input_ids = make_input_ids(variant.config.vocab_size, args.text_tokens)
+    flops = count_prefill_flops(meta_model, input_ids, make_images(variant.spec, args.crops, "meta", dtype))
+    analytic = analytic_prefill_flops(variant.config, args.text_tokens, args.crops)
+    if analytic["llm_flops"] != flops["llm_flops"]:
+        logger.warning("%s %s s=%s: counted LLM FLOPs %d differ from the analytic %d", variant.spec.name,
+                       variant.name, variant.start_layer, flops["llm_flops"], analytic["llm_flops"])
+    row = {"model": variant.spec.name, "variant": variant.name, "proxyv_start_layer": variant.start_layer,
+           "num_layers": variant.config.num_hidden_layers, **flops, "total_flops": sum(flops.values()),
+           "llm_flops_analytic": analytic["llm_flops"]}
+    timed = time_variant(variant, args, dtype) if args.device != "meta" else {}
+    for key in ("weights_mb", "sequence_length", "prefill_time_s", "prefill_peak_memory_mb", "train_step_time_s",
+                "train_peak_memory_mb", "decode_step_time_s"):
+        row[key] = timed.get(key)
+    return row
+
+
+def _reduction(value, baseline):
+    if value is None or not baseline:
+        return None
+    return 1.0 - value / baseline
+
+
+REDUCTIONS = {"flops_reduction": "llm_flops", "total_flops_reduction": "total_flops",
+              "time_reduction": "prefill_time_s", "train_time_reduction": "train_step_time_s",
+              "decode_time_reduction": "decode_step_time_s", "prefill_memory_reduction": "prefill_peak_memory_mb"}
+
+
+def add_reductions(rows: list[dict]) -> None:
+    """Fractions saved against the baseline row of the same model (0 for it, None where unmeasured)."""
+    baselines = {row["model"]: row for row in rows if row["variant"] == "baseline"}
+    for row in rows:
+        baseline = baselines[row["model"]]
+        for name, key in REDUCTIONS.items():
+            row[name] = _reduction(row[key], baseline[key])
+
+
+def _fmt(value, scale: float = 1.0, digits: int = 2, percent: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}%" if percent else f"{value / scale:.{digits}f}"
+
+
+TABLE_COLUMNS = (  # header, key, formatter
+    ("model", "model", str),
+    ("variant", "variant", str),
+    ("s", "proxyv_start_layer", lambda v: "-" if v is None else str(v)),
+    ("LLM TFLOPs", "llm_flops", lambda v: _fmt(v, 1e12, 3)),
+    ("LLM red.", "flops_reduction", lambda v: _fmt(v, percent=True)),
+    ("vision TF", "vision_flops", lambda v: _fmt(v, 1e12, 3)),
+    ("proj. TF", "projector_flops", lambda v: _fmt(v, 1e12, 3)),
+    ("head GF", "lm_head_flops", lambda v: _fmt(v, 1e9, 3)),
+    ("total TF", "total_flops", lambda v: _fmt(v, 1e12, 3)),
+    ("total red.", "total_flops_reduction", lambda v: _fmt(v, percent=True)),
+    ("prefill s", "prefill_time_s", lambda v: _fmt(v, digits=3)),
+    ("time red.", "time_reduction", lambda v: _fmt(v, percent=True)),
+    ("prefill MB", "prefill_peak_memory_mb", lambda v: _fmt(v, digits=0)),
+    ("train s", "train_step_time_s", lambda v: _fmt(v, digits=3)),
+    ("train red.", "train_time_reduction", lambda v: _fmt(v, percent=True)),
+    ("train MB", "train_peak_memory_mb", lambda v: _fmt(v, digits=0)),
+    ("decode ms", "decode_step_time_s", lambda v: _fmt(v, 1e-3, 1)),
+)
+
+
+def format_table(result: dict) -> str:
+    """A Markdown table of the rows (timing columns only when something was timed)."""
+    timed = any(row["prefill_time_s"] is not None for row in result["rows"])
+    columns = [c for c in TABLE_COLUMNS if timed or not c[1].startswith(("prefill_", "time_", "train", "decode"))]
+    lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * len(columns)]
+    for row in result["rows"]:
+        lines.append("| " + " | ".join(c[2](row[c[1]]) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from error
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--model", default="vicuna-7b",
+                        help="preset name(s), comma-separated, or a config.json / checkpoint folder path")
+    parser.add_argument("--proxyv-start-layers", type=_int_list, default=[12, 16],
+                        help="ProxyV start layers, comma-separated (the baseline is always measured)")
+    parser.add_argument("--crops", type=int, default=5, help="image crops (base + AnyRes tiles)")
+    parser.add_argument("--text-tokens", type=int, default=50, help="text tokens around the image")
+    parser.add_argument("--device", choices=DEVICES, default="meta",
+                        help="meta: count FLOPs only; cpu / cuda: also time with random weights")
+    parser.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto (fp32 off CUDA)")
+    parser.add_argument("--attn-implementation", choices=ATTN_IMPLEMENTATIONS, default="sdpa")
+    parser.add_argument("--layers", type=int, default=None, help="cut the LLM to this many layers (CPU timing)")
+    parser.add_argument("--learn-proxy", action="store_true", help="learned (non-spatial) proxies")
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before them")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    return parser.parse_args(argv)
+
+
+def _check_args(args) -> None:
+    if args.crops < 1 or args.text_tokens < 0 or args.repeats < 1 or args.warmup < 0:
+        raise ValueError("--crops and --repeats must be >= 1, --text-tokens and --warmup >= 0.")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError("--threads must be >= 1.")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available here; use --device cpu or meta.")
+    if args.attn_implementation == "flash_attention_2":
+        if args.device != "cuda":
+            raise ValueError("--attn-implementation flash_attention_2 needs --device cuda.")
+        if not transformers.utils.is_flash_attn_2_available():
+            raise ValueError("--attn-implementation flash_attention_2: flash-attn is not installed (pip install "
+                             "'proxyv[flash]').")
+
+
+def setting(args, specs: list[ModelSpec], dtype: torch.dtype) -> dict:
+    """The JSON 'setting': everything that defines the numbers."""
+    spec = specs[0]
+    tokens = args.text_tokens + args.crops * (spec.tokens_per_crop + 1)
+    return {
+        "models": [s.name for s in specs], "model_arg": args.model, "text_tokens": args.text_tokens,
+        "crops": args.crops, "tokens_per_crop": spec.tokens_per_crop, "sequence_length": tokens, "batch_size": 1,
+        "proxyv_start_layers": args.proxyv_start_layers, "learn_proxy": args.learn_proxy, "layers": args.layers,
+        "device": args.device, "dtype": str(dtype).removeprefix("torch."),
+        "attn_implementation": args.attn_implementation, "repeats": args.repeats, "warmup": args.warmup,
+        "lm_head": LM_HEAD_NOTE,
+        "flops": "torch.utils.flop_counter.FlopCounterMode on meta, multiply-add = 2 FLOPs, matmuls/attention/"
+                 "convolutions only, attention over the full query x key matrix (the same for every attention backend); llm_flops = decoder layers "
+                 "(incl. ProxyV proxy creation and VisionMLPs), without embedding, final norm and LM head",
+        "timing": None if args.device == "meta" else "median wall time of the repeats; prefill with use_cache=True",
+        "memory": None if args.device == "meta" else memory_metric(args.device),
+        "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+    }
+
+
+def prepare(args) -> tuple[list[ModelSpec], list[Variant], torch.dtype]:
+    """Check the arguments and build every variant's config; bad input is a `ValueError`."""
+    _check_args(args)
+    specs = [load_model_spec(name.strip()) for name in args.model.split(",") if name.strip()]
+    if not specs:
+        raise ValueError("--model names no model.")
+    variants = [v for spec in specs for v in build_variants(spec, args.proxyv_start_layers, args.layers,
+                                                              args.learn_proxy)]
+    return specs, variants, resolve_dtype(args.dtype, args.device)
+
+
+def run_benchmark(args) -> dict:
+    """Measure every model and variant; returns the JSON-ready result."""
+    specs, variants, dtype = prepare(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for variant in variants:
+        logger.info("Measuring %s %s (s=%s)", variant.spec.name, variant.name, variant.start_layer)
+        rows.append(measure_variant(variant, args, dtype))
+    add_reductions(rows)
+    return {"setting": setting(args, specs, dtype), "rows": rows}
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    try:
+        prepare(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    result = run_benchmark(args)
+    print(f"\nPrefill of {args.text_tokens} text tokens + {args.crops} crops "
+          f"({result['setting']['sequence_length']} tokens), device {args.device}; LM head: {LM_HEAD_NOTE}.")
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
