@@ -158,6 +158,8 @@ def train(argv=None) -> None:
         tokenizer.save_pretrained(training_args.output_dir)
         image_processor.save_pretrained(training_args.output_dir)
         logger.info("Saved the trained model to %s", training_args.output_dir)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # a clean exit instead of waiting on teardown
 
 
 if __name__ == "__main__":

@@ -161,9 +161,16 @@ def test_zero3_two_stages_proxyv_hand_off_and_answer(assets, tmp_path):
     assert _answers(stage2, assets) == "LlavaProxyVLlamaForCausalLM"
 
 
-def test_baseline_two_stages_learn_and_answer(assets, tmp_path):
-    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+@pytest.fixture(scope="module")
+def baseline_stage1(assets, tmp_path_factory):
+    """One stage-1 run of the baseline, shared by the tests that continue from it."""
+    stage1 = tmp_path_factory.mktemp("baseline_stage1")
     _run(_stage1(assets, stage1))
+    return stage1
+
+
+def test_baseline_two_stages_learn_and_answer(assets, baseline_stage1, tmp_path):
+    stage1, stage2 = baseline_stage1, tmp_path / "stage2"
     log = _run(
         _stage2(assets, stage2, stage1 / "mm_projector.bin", "--max_steps", "6", "--save_strategy", "no")
     )
@@ -173,15 +180,12 @@ def test_baseline_two_stages_learn_and_answer(assets, tmp_path):
     assert _answers(stage2, assets) == "LlavaLlamaForCausalLM"
 
 
-def test_rerun_resumes_from_the_last_checkpoint(assets, tmp_path):
-    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
-    _run(_stage1(assets, stage1, "--proxyv_start_layer", "2"))
+def test_rerun_resumes_from_the_last_checkpoint(assets, baseline_stage1, tmp_path):
+    stage2 = tmp_path / "stage2"
     args = _stage2(
         assets,
         stage2,
-        stage1 / "mm_projector.bin",
-        "--proxyv_start_layer",
-        "2",
+        baseline_stage1 / "mm_projector.bin",
         "--save_strategy",
         "steps",
         "--save_steps",
