@@ -12,6 +12,8 @@ around one image of `--crops` crops (random ids, random pixels, random weights).
   (`use_cache=True, logits_to_keep=1`), one training step (forward + backward, labels on the text,
   no optimizer) and one decoding step (one token over the prefill's KV cache), each the median of
   `--repeats` runs after `--warmup` runs, and records the peak memory of the prefill and the step.
+  Variants run one after another; `--interleave` builds them all and alternates their runs, which
+  keeps the comparison fair on a shared machine whose speed drifts.
 
 It prints a table and writes JSON `{"setting": {...}, "rows": [...]}`; reductions are fractions
 relative to the baseline row of the same model.
@@ -213,6 +215,7 @@ def count_prefill_flops(model, input_ids: torch.Tensor, images: torch.Tensor) ->
 
 CLEAR_REFS = "/proc/self/clear_refs"
 PROC_STATUS = "/proc/self/status"
+PROC_CPU_STAT = "/proc/stat"
 
 
 def _can_reset_peak_rss() -> bool:
@@ -232,18 +235,18 @@ def _status_bytes(field: str) -> int:
 def memory_metric(device: str) -> str:
     """What the *_peak_memory_mb columns mean on `device`."""
     if device == "cuda":
-        return ("torch.cuda.max_memory_allocated during the phase minus memory_allocated before it "
-                "(activations, KV cache, gradients; weights excluded)")
+        return ("largest over the timed runs of torch.cuda.max_memory_allocated during the run minus "
+                "memory_allocated before it (activations, KV cache, gradients; weights excluded)")
     if _can_reset_peak_rss():
-        return ("peak resident set size during the phase (VmHWM, reset through /proc/self/clear_refs) minus the "
-                "RSS before it: activations, KV cache, gradients and allocator workspaces, weights excluded; "
-                "memory freed earlier but kept by the allocator can hide part of it")
-    return ("growth of resource.getrusage().ru_maxrss (the process's lifetime peak RSS) during the phase: a phase "
+        return ("largest over the timed runs of the peak resident set size during the run (VmHWM, reset through "
+                "/proc/self/clear_refs) minus the RSS before it: activations, KV cache, gradients and allocator "
+                "workspaces, weights excluded; memory freed earlier but kept by the allocator can hide part of it")
+    return ("growth of resource.getrusage().ru_maxrss (the process's lifetime peak RSS) during a timed run: a run "
             "that stays below an earlier peak reads 0, so only the first variant's figure is complete")
 
 
 class PhaseMemory:
-    """Peak memory of a phase above what was in use when it began; `peak_mb` after the block."""
+    """Peak memory of a block above what was in use when it began; `peak_mb` after the block."""
 
     def __init__(self, device: str):
         self.device = device
@@ -284,92 +287,145 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _median_time(step, device: str, warmup: int, repeats: int):
-    """(median wall time of `step()` over `repeats` runs after `warmup` runs, the last run's output)."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
+class VariantRunner:
+    """A variant built with random weights on a device, and its inputs; each method runs one step once."""
+
+    def __init__(self, variant: Variant, args, dtype: torch.dtype):
+        self.device = args.device
+        self.model = build_model(variant, args.device, dtype, args.attn_implementation)
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        self.weights_mb = sum(t.numel() * t.element_size() for t in tensors) / 2**20
+        self.input_ids = make_input_ids(variant.config.vocab_size, args.text_tokens).to(args.device)  # [1, L]
+        self.images = make_images(variant.spec, args.crops, args.device, dtype)  # [1, C, 3, S, S]
+        self.last_prefill = None
+        self.decode_inputs = None
+
+    @torch.inference_mode()
+    def prefill(self) -> None:
+        """A generation prefill: KV cache on, logits of the last token only."""
+        self.last_prefill = self.model(input_ids=self.input_ids, images=self.images, use_cache=True, logits_to_keep=1)
+
+    @torch.inference_mode()
+    def decode(self) -> None:
+        """One token over the last prefill's KV cache; the cache is cropped back afterwards."""
+        if self.decode_inputs is None:
+            cache = self.last_prefill.past_key_values
+            length = cache.get_seq_length()  # T
+            next_ids = self.last_prefill.logits[:, -1:].argmax(-1)  # [1, 1]
+            position = torch.tensor([[length]], device=self.input_ids.device)  # text continues at T
+            self.decode_inputs = {"input_ids": next_ids, "past_key_values": cache, "position_ids": position}
+        self.model(**self.decode_inputs, use_cache=True, logits_to_keep=1)
+        self.decode_inputs["past_key_values"].crop(-1)
+
+    def train(self) -> None:
+        """Forward + backward with labels on the text tokens (the placeholder's label is dropped), no optimizer."""
+        self.model.train()
+        labels = self.input_ids.clone()
+        self.model(input_ids=self.input_ids, images=self.images, labels=labels, use_cache=False).loss.backward()
+        self.model.zero_grad(set_to_none=True)
+        self.model.eval()
+
+    @property
+    def sequence_length(self) -> int | None:
+        return None if self.decode_inputs is None else int(self.decode_inputs["position_ids"])
+
+    def close(self) -> None:
+        self.model = self.last_prefill = self.decode_inputs = None
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
+
+PHASES = (  # runner method, time key, peak memory key
+    ("prefill", "prefill_time_s", "prefill_peak_memory_mb"),
+    ("decode", "decode_step_time_s", None),
+    ("train", "train_step_time_s", "train_peak_memory_mb"),
+)
+
+
+def _timed_run(step, device: str) -> tuple[float, float]:
+    """(wall time, peak memory above the start in MiB) of one `step()`."""
+    with PhaseMemory(device) as memory:
         _sync(device)
         start = time.perf_counter()
-        output = step()
+        step()
         _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), output
+        elapsed = time.perf_counter() - start
+    return elapsed, memory.peak_mb
 
 
-def _prefill(model, input_ids, images):
-    return model(input_ids=input_ids, images=images, use_cache=True, logits_to_keep=1)
+def measure_phases(runners: list[VariantRunner], device: str, warmup: int, repeats: int) -> list[dict]:
+    """Median time and peak memory of every phase for every runner.
+
+    Runs go round robin over the runners (a warm-up or timed run of each, then the next round), so
+    with several runners a slow spell of a shared machine hits every variant alike.
+    """
+    results = [{} for _ in runners]
+    for phase, time_key, memory_key in PHASES:
+        for _ in range(warmup):
+            for runner in runners:
+                getattr(runner, phase)()
+        runs = [[] for _ in runners]
+        for _ in range(repeats):
+            for runner, samples in zip(runners, runs):
+                samples.append(_timed_run(getattr(runner, phase), device))
+        for result, samples in zip(results, runs):
+            result[time_key] = statistics.median(elapsed for elapsed, _ in samples)
+            if memory_key:
+                result[memory_key] = max(peak for _, peak in samples)
+    for runner, result in zip(runners, results):
+        result.update(weights_mb=runner.weights_mb, sequence_length=runner.sequence_length)
+    return results
 
 
-def _time_prefill_and_decode(model, input_ids, images, device: str, warmup: int, repeats: int) -> dict:
-    """Prefill time and memory; then one decoding step (one token over the last prefill's cache)."""
-    with torch.inference_mode():
-        with PhaseMemory(device) as memory:
-            prefill_time, output = _median_time(lambda: _prefill(model, input_ids, images), device, warmup, repeats)
-        cache = output.past_key_values
-        length = cache.get_seq_length()
-        next_ids = output.logits[:, -1:].argmax(-1)  # [1, 1]
-        position = torch.tensor([[length]], device=input_ids.device)  # text continues at T
-
-        def decode_step():
-            model(input_ids=next_ids, past_key_values=cache, position_ids=position, use_cache=True, logits_to_keep=1)
-            cache.crop(-1)  # drop the decoded token again
-
-        decode_time, _ = _median_time(decode_step, device, warmup, repeats)
-    return {"prefill_time_s": prefill_time, "prefill_peak_memory_mb": memory.peak_mb, "decode_step_time_s": decode_time,
-            "sequence_length": length}
-
-
-def _time_train_step(model, input_ids, images, device: str, warmup: int, repeats: int) -> dict:
-    """Forward + backward with labels on the text tokens (no optimizer), in train mode."""
-    labels = input_ids.clone()  # the placeholder's label is dropped when the image is expanded
-
-    def train_step():
-        model(input_ids=input_ids, images=images, labels=labels, use_cache=False).loss.backward()
-        model.zero_grad(set_to_none=True)
-
-    model.train()
-    with PhaseMemory(device) as memory:
-        train_time, _ = _median_time(train_step, device, warmup, repeats)
-    model.eval()
-    return {"train_step_time_s": train_time, "train_peak_memory_mb": memory.peak_mb}
+def time_variants(variants: list[Variant], args, dtype: torch.dtype) -> list[dict]:
+    """Timings of every variant: one after another, or all built at once and interleaved."""
+    if args.interleave:
+        groups = [variants]
+    else:
+        groups = [[variant] for variant in variants]
+    results = []
+    for group in groups:
+        steal_before = _cpu_steal_s()
+        runners = [VariantRunner(variant, args, dtype) for variant in group]
+        measured = measure_phases(runners, args.device, args.warmup, args.repeats)
+        for runner in runners:
+            runner.close()
+        steal = None if steal_before is None else _cpu_steal_s() - steal_before
+        for result in measured:
+            result.update(load_average_1min=os.getloadavg()[0], cpu_steal_s=steal)
+        results += measured
+    return results
 
 
-def time_variant(variant: Variant, args, dtype: torch.dtype) -> dict:
-    """Build the variant with random weights on `args.device` and time prefill, train step, decode step."""
-    model = build_model(variant, args.device, dtype, args.attn_implementation)
-    weights_mb = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**20
-    input_ids = make_input_ids(variant.config.vocab_size, args.text_tokens).to(args.device)
-    images = make_images(variant.spec, args.crops, args.device, dtype)
-    measured = _time_prefill_and_decode(model, input_ids, images, args.device, args.warmup, args.repeats)
-    measured.update(_time_train_step(model, input_ids, images, args.device, args.warmup, args.repeats))
-    del model
-    if args.device == "cuda":
-        torch.cuda.empty_cache()
-    return {"weights_mb": weights_mb, **measured}
+def _cpu_steal_s() -> float | None:
+    """CPU time the hypervisor gave to others, all cores together (Linux /proc/stat), to spot noisy timings."""
+    if not os.path.exists(PROC_CPU_STAT):
+        return None
+    with open(PROC_CPU_STAT, encoding="ascii") as handle:
+        fields = handle.readline().split()  # cpu user nice system idle iowait irq softirq steal ...
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
 
 
 # ----------------------------------------------------------------------------- rows and table
 
 
-def measure_variant(variant: Variant, args, dtype: torch.dtype) -> dict:
-    """One JSON row: FLOPs (meta counter + analytic) and, off meta, times and memory."""
+TIMED_KEYS = ("weights_mb", "sequence_length", "prefill_time_s", "prefill_peak_memory_mb", "train_step_time_s",
+              "train_peak_memory_mb", "decode_step_time_s", "load_average_1min", "cpu_steal_s")
+
+
+def flops_row(variant: Variant, dtype: torch.dtype, text_tokens: int, crops: int) -> dict:
+    """One JSON row with the FLOPs (meta counter + analytic) filled in and the timings left None."""
     meta_model = build_model(variant, "meta", dtype, "sdpa")
-    input_ids = make_input_ids(variant.config.vocab_size, args.text_tokens)
-    flops = count_prefill_flops(meta_model, input_ids, make_images(variant.spec, args.crops, "meta", dtype))
-    analytic = analytic_prefill_flops(variant.config, args.text_tokens, args.crops)
+    input_ids = make_input_ids(variant.config.vocab_size, text_tokens)
+    flops = count_prefill_flops(meta_model, input_ids, make_images(variant.spec, crops, "meta", dtype))
+    analytic = analytic_prefill_flops(variant.config, text_tokens, crops)
     if analytic["llm_flops"] != flops["llm_flops"]:
         logger.warning("%s %s s=%s: counted LLM FLOPs %d differ from the analytic %d", variant.spec.name,
                        variant.name, variant.start_layer, flops["llm_flops"], analytic["llm_flops"])
     row = {"model": variant.spec.name, "variant": variant.name, "proxyv_start_layer": variant.start_layer,
            "num_layers": variant.config.num_hidden_layers, **flops, "total_flops": sum(flops.values()),
            "llm_flops_analytic": analytic["llm_flops"]}
-    timed = time_variant(variant, args, dtype) if args.device != "meta" else {}
-    for key in ("weights_mb", "sequence_length", "prefill_time_s", "prefill_peak_memory_mb", "train_step_time_s",
-                "train_peak_memory_mb", "decode_step_time_s"):
-        row[key] = timed.get(key)
-    return row
+    return {**row, **dict.fromkeys(TIMED_KEYS)}
 
 
 def _reduction(value, baseline):
@@ -457,6 +513,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before them")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="build all variants of a model at once and alternate their runs, so a busy shared\n"
+                             "machine slows them alike (needs memory for every variant's weights)")
     return parser.parse_args(argv)
 
 
@@ -485,36 +544,44 @@ def setting(args, specs: list[ModelSpec], dtype: torch.dtype) -> dict:
         "proxyv_start_layers": args.proxyv_start_layers, "learn_proxy": args.learn_proxy, "layers": args.layers,
         "device": args.device, "dtype": str(dtype).removeprefix("torch."),
         "attn_implementation": args.attn_implementation, "repeats": args.repeats, "warmup": args.warmup,
+        "interleave": args.interleave,
         "lm_head": LM_HEAD_NOTE,
         "flops": "torch.utils.flop_counter.FlopCounterMode on meta, multiply-add = 2 FLOPs, matmuls/attention/"
                  "convolutions only, attention over the full query x key matrix (the same for every attention backend); llm_flops = decoder layers "
                  "(incl. ProxyV proxy creation and VisionMLPs), without embedding, final norm and LM head",
-        "timing": None if args.device == "meta" else "median wall time of the repeats; prefill with use_cache=True",
+        "timing": None if args.device == "meta" else (
+            "median wall time of the repeats; prefill with use_cache=True; variants "
+            + ("interleaved run by run" if args.interleave else "one after another")
+            + "; load_average_1min (at the end) and cpu_steal_s (during the timing) flag competing work"),
         "memory": None if args.device == "meta" else memory_metric(args.device),
         "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
     }
 
 
-def prepare(args) -> tuple[list[ModelSpec], list[Variant], torch.dtype]:
-    """Check the arguments and build every variant's config; bad input is a `ValueError`."""
+def prepare(args) -> tuple[list[ModelSpec], list[list[Variant]], torch.dtype]:
+    """Check the arguments and build every model's variant configs; bad input is a `ValueError`."""
     _check_args(args)
     specs = [load_model_spec(name.strip()) for name in args.model.split(",") if name.strip()]
     if not specs:
         raise ValueError("--model names no model.")
-    variants = [v for spec in specs for v in build_variants(spec, args.proxyv_start_layers, args.layers,
-                                                              args.learn_proxy)]
+    variants = [build_variants(spec, args.proxyv_start_layers, args.layers, args.learn_proxy) for spec in specs]
     return specs, variants, resolve_dtype(args.dtype, args.device)
 
 
 def run_benchmark(args) -> dict:
     """Measure every model and variant; returns the JSON-ready result."""
-    specs, variants, dtype = prepare(args)
+    specs, variants_per_model, dtype = prepare(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     rows = []
-    for variant in variants:
-        logger.info("Measuring %s %s (s=%s)", variant.spec.name, variant.name, variant.start_layer)
-        rows.append(measure_variant(variant, args, dtype))
+    for variants in variants_per_model:
+        logger.info("Counting FLOPs of %s on meta", variants[0].spec.name)
+        model_rows = [flops_row(variant, dtype, args.text_tokens, args.crops) for variant in variants]
+        if args.device != "meta":
+            logger.info("Timing %d variant(s) of %s on %s", len(variants), variants[0].spec.name, args.device)
+            for row, timed in zip(model_rows, time_variants(variants, args, dtype)):
+                row.update(timed)
+        rows += model_rows
     add_reductions(rows)
     return {"setting": setting(args, specs, dtype), "rows": rows}
 

@@ -58,17 +58,19 @@ def test_meta_run_counts_flops_only(tmp_path, capsys):
     assert "| baseline |" in capsys.readouterr().out
 
 
-def test_cpu_run_times_every_variant(tmp_path):
+@pytest.mark.parametrize("interleave", [False, True])
+def test_cpu_run_times_every_variant(tmp_path, interleave):
     result = run(tmp_path, "--device", "cpu", "--proxyv-start-layers", "2", "--crops", "2", "--text-tokens", "10",
-                 "--repeats", "1", "--warmup", "0")
+                 "--repeats", "1", "--warmup", "0", *(["--interleave"] if interleave else []))
     baseline, (proxyv,) = check_rows(result, [2])
     for row in (baseline, proxyv):
         assert row["prefill_time_s"] > 0 and row["train_step_time_s"] > 0 and row["decode_step_time_s"] > 0
         assert row["prefill_peak_memory_mb"] is not None and row["train_peak_memory_mb"] is not None
         assert row["sequence_length"] == 10 + 2 * 577
+        assert row["weights_mb"] > 0 and row["load_average_1min"] is not None
     assert baseline["time_reduction"] == 0
     assert isinstance(proxyv["time_reduction"], float)
-    assert result["setting"]["memory"]
+    assert result["setting"]["memory"] and result["setting"]["interleave"] is interleave
 
 
 def test_learned_proxies_and_reduced_depth(tmp_path):
