@@ -38,8 +38,7 @@ from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model import LlavaConfig, LlavaLlamaForCausalLM, LlavaProxyVConfig, LlavaProxyVLlamaForCausalLM
 from llava.model.builder import resolve_dtype
 from llava.model.layout import MultimodalLayout, build_multimodal_sequence
-from llava.model.proxyv.modules import spatial_proxies
-from llava.model.proxyv.plan import ProxyVPlan, build_proxyv_plan
+from llava.model.proxyv.plan import build_proxyv_plan
 
 from .flops import analytic_prefill_flops
 from .presets import ModelSpec, load_model_spec
@@ -55,19 +54,17 @@ INPUT_SEED = 0
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One row to measure: the baseline (start_layer None) or ProxyV from `start_layer`."""
+    """One row to measure: a named decoder variant with its config and model class.
+
+    `name` is "baseline", "proxyv" or another variant's name; `start_layer` is the layer the variant
+    starts from (None for the baseline), shown in the table's `s` column.
+    """
 
     spec: ModelSpec
+    name: str
     config: LlavaConfig
-    start_layer: int | None
-
-    @property
-    def name(self) -> str:
-        return "baseline" if self.start_layer is None else "proxyv"
-
-    @property
-    def model_class(self):
-        return LlavaLlamaForCausalLM if self.start_layer is None else LlavaProxyVLlamaForCausalLM
+    model_class: type
+    start_layer: int | None = None
 
 
 # ----------------------------------------------------------------------------- configs and inputs
@@ -89,11 +86,11 @@ def _num_layers(spec: ModelSpec, layers: int | None, start_layers: list[int]) ->
 def build_variants(spec: ModelSpec, start_layers: list[int], layers: int | None, learn_proxy: bool) -> list[Variant]:
     """The baseline then one ProxyV variant per start layer, all at the same LLM depth."""
     values = {**spec.llava_values, "num_hidden_layers": _num_layers(spec, layers, start_layers)}
-    variants = [Variant(spec, LlavaConfig(**values), None)]
+    variants = [Variant(spec, "baseline", LlavaConfig(**values), LlavaLlamaForCausalLM)]
     for start in start_layers:
         config = LlavaProxyVConfig(**values, **spec.proxyv_options, proxyv_start_layer=start,
                                    learn_proxy=learn_proxy, per_crop_token_len=spec.tokens_per_crop)
-        variants.append(Variant(spec, config, start))
+        variants.append(Variant(spec, "proxyv", config, LlavaProxyVLlamaForCausalLM, start))
     return variants
 
 
@@ -155,43 +152,23 @@ def cpu_layout(config, input_ids: torch.Tensor, crops: int, tokens_per_crop: int
     return layout
 
 
-def _proxyv_decoder(model, hidden: torch.Tensor, layout: MultimodalLayout, plan: ProxyVPlan, cache):
-    """What `LlavaProxyVLlamaModel.forward` runs for a prefill, with a plan built beforehand.
-
-    The plan is built on CPU (it needs index values) and moved to meta; the layers, proxy creation
-    and guided updates are the model's own. `tests/eval/test_flops.py` checks that the counts equal
-    those of the real forward on CPU.
-    """
-    inner, config = model.model, model.config
-    hidden = inner._standard_layers(hidden, None, layout.position_ids, cache, True)  # [1, T, D]
-    full = plan.gather_full(hidden)  # [N, G, D]
-    if config.learn_proxy:
-        proxies, assignment = inner.proxyv_initializer(full)  # [N, n, D], [N, G, n]
-    else:
-        proxies = spatial_proxies(full, config.image_token_len_per_side, config.proxy_grid_size)
-        assignment = None
-    proxy_stream = plan.arrange_proxies(proxies, hidden.shape[0])  # [1, P, D]
-    for layer, vision_mlp in zip(inner.layers[config.proxyv_start_layer :], inner.vision_mlp_layers):
-        hidden, proxy_stream = layer(hidden, proxy_stream, assignment, proxyv_plan=plan, vision_mlp=vision_mlp,
-                                     rotary=inner.rotary_emb, past_key_values=cache)
-    return inner.norm(hidden)
-
-
 def _decoder(model, hidden: torch.Tensor, layout_cpu: MultimodalLayout) -> torch.Tensor:
     """Decoder prefill on meta with a KV cache: [1, T, D] embeddings -> [1, T, D] final-normed states.
 
+    `tests/eval/test_flops.py` checks that the counts equal those of the real forward on CPU.
     With a cache and no 2D mask, transformers needs no mask values (it lets SDPA run causally);
     the counter still counts the full T x T attention, as it does for any mask.
     """
     layout = _to_device(layout_cpu, "meta")
     cache = DynamicCache(config=model.config)
-    config = model.config
-    if not isinstance(config, LlavaProxyVConfig) or config.proxyv_start_layer >= config.num_hidden_layers:
-        output = model.model(inputs_embeds=hidden, position_ids=layout.position_ids, past_key_values=cache,
-                             use_cache=True)
-        return output.last_hidden_state
-    plan = build_proxyv_plan(layout_cpu, config.num_proxies_per_crop, hidden.dtype)
-    return _proxyv_decoder(model, hidden, layout, _to_device(plan, "meta"), cache)
+    extra = model.decoder_layout_kwargs(layout)
+    if isinstance(model.config, LlavaProxyVConfig):
+        # The plan reads index values, so it is built on CPU and moved to meta; the rest is the model's own forward.
+        plan = build_proxyv_plan(layout_cpu, model.config.num_proxies_per_crop, hidden.dtype)
+        extra["proxyv_plan"] = _to_device(plan, "meta")
+    output = model.model(inputs_embeds=hidden, position_ids=layout.position_ids, past_key_values=cache,
+                         use_cache=True, **extra)
+    return output.last_hidden_state
 
 
 @torch.no_grad()

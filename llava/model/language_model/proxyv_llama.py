@@ -18,7 +18,7 @@ from ..checkpoint_names import register_release_weight_names
 from ..layout import MultimodalLayout
 from ..proxyv.layer import ProxyVDecoderLayer
 from ..proxyv.modules import LearnedProxyInitializer, VisionMLP, reduced_hidden_size, spatial_proxies
-from ..proxyv.plan import build_proxyv_plan
+from ..proxyv.plan import ProxyVPlan, build_proxyv_plan
 from .llava_llama import LlavaConfig, LlavaLlamaForCausalLM, LlavaLlamaModel
 
 
@@ -103,8 +103,13 @@ class LlavaProxyVLlamaModel(LlavaLlamaModel):
             nn.init.normal_(module.proxyv_tokens, std=1 / math.sqrt(module.proxyv_tokens.shape[-1]))
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, multimodal_layout: MultimodalLayout | None = None, **kwargs):
-        """ProxyV prefill when the batch has image crops and ProxyV layers; else the plain decoder."""
+                inputs_embeds=None, use_cache=None, multimodal_layout: MultimodalLayout | None = None,
+                proxyv_plan: ProxyVPlan | None = None, **kwargs):
+        """ProxyV prefill when the batch has image crops and ProxyV layers; else the plain decoder.
+
+        `proxyv_plan` is normally built here from the layout; a caller that cannot build it on the
+        inputs' device (the FLOP counter on meta, where index values do not exist) passes it in.
+        """
         start = self.config.proxyv_start_layer
         if multimodal_layout is None or multimodal_layout.num_crops == 0 or start >= self.config.num_hidden_layers:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -116,7 +121,9 @@ class LlavaProxyVLlamaModel(LlavaLlamaModel):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         hidden = self._standard_layers(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, **kwargs)
-        hidden = self._proxyv_layers(hidden, multimodal_layout, past_key_values)
+        if proxyv_plan is None:
+            proxyv_plan = build_proxyv_plan(multimodal_layout, self.config.num_proxies_per_crop, hidden.dtype)
+        hidden = self._proxyv_layers(hidden, proxyv_plan, past_key_values)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden),
                                        past_key_values=past_key_values if use_cache else None)
 
@@ -130,10 +137,9 @@ class LlavaProxyVLlamaModel(LlavaLlamaModel):
                            position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache, **kwargs)
         return hidden
 
-    def _proxyv_layers(self, hidden, layout: MultimodalLayout, past_key_values):
+    def _proxyv_layers(self, hidden, plan: ProxyVPlan, past_key_values):
         """Create the proxies entering layer s, then run every ProxyV layer on the two streams."""
         config = self.config
-        plan = build_proxyv_plan(layout, config.num_proxies_per_crop, hidden.dtype)
         full = plan.gather_full(hidden)  # [N, G, D]
         if config.learn_proxy:
             proxies, assignment = self.proxyv_initializer(full)  # [N, n, D], [N, G, n]
