@@ -83,14 +83,45 @@ def _num_layers(spec: ModelSpec, layers: int | None, start_layers: list[int]) ->
     return depth
 
 
-def build_variants(spec: ModelSpec, start_layers: list[int], layers: int | None, learn_proxy: bool) -> list[Variant]:
-    """The baseline then one ProxyV variant per start layer, all at the same LLM depth."""
-    values = {**spec.llava_values, "num_hidden_layers": _num_layers(spec, layers, start_layers)}
-    variants = [Variant(spec, "baseline", LlavaConfig(**values), LlavaLlamaForCausalLM)]
-    for start in start_layers:
-        config = LlavaProxyVConfig(**values, **spec.proxyv_options, proxyv_start_layer=start,
-                                   learn_proxy=learn_proxy, per_crop_token_len=spec.tokens_per_crop)
+@dataclasses.dataclass(frozen=True)
+class VariantRequest:
+    """What a variant family needs to build its rows for one model."""
+
+    spec: ModelSpec
+    values: dict  # LLaVA config values at the benchmarked depth
+    start_layers: list[int]  # --proxyv-start-layers
+    learn_proxy: bool
+
+    @property
+    def depth(self) -> int:
+        return self.values["num_hidden_layers"]
+
+
+def proxyv_family(request: VariantRequest) -> list[Variant]:
+    """ProxyV from each requested start layer."""
+    spec, variants = request.spec, []
+    for start in request.start_layers:
+        config = LlavaProxyVConfig(**request.values, **spec.proxyv_options, proxyv_start_layer=start,
+                                   learn_proxy=request.learn_proxy, per_crop_token_len=spec.tokens_per_crop)
         variants.append(Variant(spec, "proxyv", config, LlavaProxyVLlamaForCausalLM, start))
+    return variants
+
+
+# Each family builds its rows at its paper setting (scaled to the depth when --layers cuts the LLM).
+VARIANT_FAMILIES = {"proxyv": proxyv_family}
+
+
+def build_variants(spec: ModelSpec, start_layers: list[int], layers: int | None = None, learn_proxy: bool = False,
+                   families: tuple[str, ...] = ("proxyv",)) -> list[Variant]:
+    """The baseline, then the rows of each family in `families`, all at the same LLM depth."""
+    unknown = [name for name in families if name not in VARIANT_FAMILIES]
+    if unknown:
+        raise ValueError(f"Unknown variant(s) {unknown}; choose from {', '.join(VARIANT_FAMILIES)} or 'all'.")
+    values = {**spec.llava_values, "num_hidden_layers": _num_layers(spec, layers, start_layers)}
+    request = VariantRequest(spec, values, start_layers, learn_proxy)
+    variants = [Variant(spec, "baseline", LlavaConfig(**values), LlavaLlamaForCausalLM)]
+    for name in families:
+        variants += VARIANT_FAMILIES[name](request)
     return variants
 
 
@@ -478,6 +509,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="preset name(s), comma-separated, or a config.json / checkpoint folder path")
     parser.add_argument("--proxyv-start-layers", type=_int_list, default=[12, 16],
                         help="ProxyV start layers, comma-separated (the baseline is always measured)")
+    parser.add_argument("--variants", default="all",
+                        help="comma-separated variant families besides the baseline, or 'all': "
+                             + ", ".join(VARIANT_FAMILIES))
     parser.add_argument("--crops", type=int, default=5, help="image crops (base + AnyRes tiles)")
     parser.add_argument("--text-tokens", type=int, default=50, help="text tokens around the image")
     parser.add_argument("--device", choices=DEVICES, default="meta",
@@ -518,7 +552,7 @@ def setting(args, specs: list[ModelSpec], dtype: torch.dtype) -> dict:
     return {
         "models": [s.name for s in specs], "model_arg": args.model, "text_tokens": args.text_tokens,
         "crops": args.crops, "tokens_per_crop": spec.tokens_per_crop, "sequence_length": tokens, "batch_size": 1,
-        "proxyv_start_layers": args.proxyv_start_layers, "learn_proxy": args.learn_proxy, "layers": args.layers,
+        "variants": args.variants, "proxyv_start_layers": args.proxyv_start_layers, "learn_proxy": args.learn_proxy, "layers": args.layers,
         "device": args.device, "dtype": str(dtype).removeprefix("torch."),
         "attn_implementation": args.attn_implementation, "repeats": args.repeats, "warmup": args.warmup,
         "interleave": args.interleave,
@@ -541,7 +575,10 @@ def prepare(args) -> tuple[list[ModelSpec], list[list[Variant]], torch.dtype]:
     specs = [load_model_spec(name.strip()) for name in args.model.split(",") if name.strip()]
     if not specs:
         raise ValueError("--model names no model.")
-    variants = [build_variants(spec, args.proxyv_start_layers, args.layers, args.learn_proxy) for spec in specs]
+    families = tuple(VARIANT_FAMILIES) if args.variants.strip() == "all" else \
+        tuple(name.strip() for name in args.variants.split(",") if name.strip())
+    variants = [build_variants(spec, args.proxyv_start_layers, args.layers, args.learn_proxy, families)
+                for spec in specs]
     return specs, variants, resolve_dtype(args.dtype, args.device)
 
 

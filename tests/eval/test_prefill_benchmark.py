@@ -25,7 +25,7 @@ def _one_torch_thread():
 
 def run(tmp_path, *args) -> dict:
     path = tmp_path / "result.json"
-    assert main(["--model", "tiny", *args, "--json", str(path)]) == 0
+    assert main(["--model", "tiny", "--variants", "proxyv", *args, "--json", str(path)]) == 0
     return json.loads(path.read_text())
 
 
@@ -100,6 +100,8 @@ def test_start_layer_deeper_than_layers_is_rejected(capsys):
 def test_unknown_model_and_flash_off_cuda_are_rejected(capsys):
     assert main(["--model", "no-such-model"]) == 2
     assert "neither a preset" in capsys.readouterr().err
+    assert main(["--model", "tiny", "--variants", "proxyv,no-such-variant"]) == 2
+    assert "Unknown variant(s) ['no-such-variant']" in capsys.readouterr().err
     assert main(["--model", "tiny", "--attn-implementation", "flash_attention_2"]) == 2
     assert "needs --device cuda" in capsys.readouterr().err
 
