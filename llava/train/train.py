@@ -117,6 +117,16 @@ def resume_checkpoint(training_args) -> str | None:
     return None
 
 
+def _log_partitioning(model, world_size: int) -> None:
+    """Say how ZeRO-3 split the parameters: how many tensors, and how many values this rank holds."""
+    partitioned = [p for p in model.parameters() if is_partitioned(p)]
+    if partitioned:
+        held, total = sum(p.ds_tensor.numel() for p in partitioned), sum(p.ds_numel for p in partitioned)
+        logger.info("DeepSpeed ZeRO-3: %d of %d parameter tensors are partitioned across %d process(es); "
+                    "this rank holds %d of their %d values", len(partitioned), len(list(model.parameters())),
+                    world_size, held, total)
+
+
 def train(argv=None) -> None:
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
@@ -129,10 +139,7 @@ def train(argv=None) -> None:
     model = build_model(model_args, data_args, training_args)
     if model_args.pretrain_mm_mlp_adapter:
         load_mm_projector_weights(model, model_args.pretrain_mm_mlp_adapter)
-    partitioned = sum(1 for p in model.parameters() if is_partitioned(p))
-    if partitioned:
-        logger.info("DeepSpeed ZeRO-3: %d of %d parameter tensors are partitioned across ranks",
-                    partitioned, len(list(model.parameters())))
+    _log_partitioning(model, training_args.world_size)
     parts = parse_tunable_parts(model_args.mm_tunable_parts)
     apply_tunable_parts(model, parts)
     if training_args.gradient_checkpointing:
