@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 from io import BytesIO
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -33,8 +32,8 @@ from llava.mm_utils import (
     to_rgb,
     tokenizer_image_token,
 )
+from tests.paths import GOLDEN
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "proxyv_release"
 PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])

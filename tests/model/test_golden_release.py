@@ -1,6 +1,6 @@
 """The authors' released ProxyV format: golden outputs, save/reload, and a synthetic release checkpoint.
 
-The golden cases (`/work/shared/golden/proxyv_release/`) hold tiny checkpoints in the authors'
+The golden cases (`../shared/golden/proxyv_release/` beside the repository) hold tiny checkpoints in the authors'
 format and the loss / logits the authors' own implementation produced for them (release newline
 positions, plus the same under the natural scheme). They load here through our builder, with
 real 576-token AnyRes crops from `process_images`, and must match to 1e-4. The other tests check
@@ -23,6 +23,7 @@ from llava.constants import IMAGE_TOKEN_INDEX
 from llava.mm_utils import process_images
 from llava.model import LlavaProxyVLlamaForCausalLM
 from llava.model.builder import load_pretrained_model
+from tests.paths import GOLDEN
 from tests.proxyv_fixtures import (
     IMAGE_SIZE,
     NUM_LAYERS,
@@ -32,7 +33,6 @@ from tests.proxyv_fixtures import (
     tiny_word_tokenizer,
 )
 
-GOLDEN = Path("/work/shared/golden/proxyv_release")
 CASES = json.loads((GOLDEN / "cases.json").read_text())["cases"] if GOLDEN.is_dir() else []
 ATOL = 1e-4
 

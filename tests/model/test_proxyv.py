@@ -22,6 +22,7 @@ from transformers import AutoConfig
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model import LlavaConfig, LlavaProxyVConfig, LlavaProxyVLlamaForCausalLM
 from llava.model.language_model.proxyv_llama import proxyv_config_from
+from tests.paths import GOLDEN
 from tests.proxyv_fixtures import (
     MIXED_CROPS,
     MIXED_SAMPLES,
@@ -39,7 +40,7 @@ from tests.proxyv_fixtures import (
 
 ATOL = 1e-5
 TEXT, FULL, NEWLINE, PROXY = "text", "full", "newline", "proxy"
-GOLDEN_CONFIG = "/work/shared/golden/proxyv_release/spatial_s1/config.json"
+GOLDEN_CONFIG = GOLDEN / "spatial_s1" / "config.json"
 
 
 # ----------------------------------------------------------------------------- the reference

@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -22,8 +21,8 @@ import torch
 from llava.conversation import get_conv_template
 from llava.model.builder import load_pretrained_model
 from llava.serve.cli import ChatSession, default_conv_mode, load_images, main, stopping_criteria
+from tests.paths import GOLDEN
 
-GOLDEN = Path("/work/shared/golden/proxyv_release")
 SYSTEM = get_conv_template("vicuna_v1").system
 
 
