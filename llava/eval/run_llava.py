@@ -40,8 +40,8 @@ def answer(tokenizer, model, image_processor, images, query: str, conv_mode: str
     input_ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")[None].to(model.device)
     output_ids = model.generate(
         input_ids,
-        images=pixels_for_model(images, image_processor, model),
-        image_sizes=[image.size for image in images],
+        images=pixels_for_model(images, image_processor, model) if images else None,
+        image_sizes=[image.size for image in images] if images else None,
         **generation_kwargs(tokenizer, temperature, max_new_tokens, top_p, num_beams),
     )
     return tokenizer.decode(output_ids[0], skip_special_tokens=True).strip()
