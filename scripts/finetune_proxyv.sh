@@ -15,11 +15,15 @@ if [ ! -f "${PRETRAIN_ADAPTER}" ]; then
 fi
 if [ "${TINY}" = 1 ]; then
   DATA_PATH=${TINY_DIR}/data/tiny_instruct.json; IMAGE_FOLDER=${TINY_DIR}/data
-  BATCH=4; ACCUM=1; EPOCHS=2; LR=2e-3; MAX_LEN=8192; WORKERS=0
+  # AnyRes up to 3 crops (base + 1x2 or 2x1 tiles) keeps the tiny run to a few CPU minutes.
+  BATCH=4; ACCUM=1; EPOCHS=4; LR=2e-3; MAX_LEN=8192; WORKERS=0
+  GRID_PINPOINTS=${GRID_PINPOINTS:-"[[336,336],[336,672],[672,336]]"}
 else
   DATA_PATH=${DATA_PATH:?set DATA_PATH to the LLaVA-NeXT instruction json}; IMAGE_FOLDER=${IMAGE_FOLDER:?set IMAGE_FOLDER}
   BATCH=${BATCH:-4}; ACCUM=${ACCUM:-4}; EPOCHS=1; LR=1e-5; MAX_LEN=32768; WORKERS=4
+  GRID_PINPOINTS=${GRID_PINPOINTS:-}  # empty: LLaVA-1.6's grids (base + up to 2x2 tiles = 5 crops)
 fi
+if [ -n "${GRID_PINPOINTS}" ]; then PINPOINT_ARGS=(--image_grid_pinpoints "${GRID_PINPOINTS}"); else PINPOINT_ARGS=(); fi
 RUN_NAME=${RUN_NAME:-$(basename "${LLM_VERSION}")-${RUN_KIND}-finetune}
 
 launch \
@@ -29,7 +33,7 @@ launch \
   --vision_tower "${VISION_MODEL_VERSION}" --mm_vision_select_layer -2 --mm_projector_type mlp2x_gelu \
   --mm_tunable_parts mm_mlp_adapter,mm_vision_mlp,mm_language_model \
   --mm_use_im_start_end False --mm_use_im_patch_token False \
-  --image_aspect_ratio anyres --mm_patch_merge_type spatial_unpad --group_by_modality_length True \
+  --image_aspect_ratio anyres "${PINPOINT_ARGS[@]}" --mm_patch_merge_type spatial_unpad --group_by_modality_length True \
   --output_dir "${OUTPUT_ROOT}/${RUN_NAME}" --run_name "${RUN_NAME}" \
   --num_train_epochs "${EPOCHS}" --per_device_train_batch_size "${BATCH}" --gradient_accumulation_steps "${ACCUM}" \
   --learning_rate "${LR}" --weight_decay 0. --warmup_ratio 0.03 --lr_scheduler_type cosine \

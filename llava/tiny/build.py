@@ -16,12 +16,14 @@ from llava.model.assemble import build_llava_from_llm
 
 from .dataset import generate_tiny_dataset, iter_dataset_texts
 from .models import build_tiny_clip, build_tiny_llm, tiny_clip_image_processor
+from .pretrain_llm import pretrain_tiny_llm
 from .tokenizer import tiny_tokenizer_corpus, train_tiny_tokenizer
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TINY_DIR = Path("playground") / "tiny"
 TINY_PROXYV_START_LAYER = 2
+DEFAULT_LLM_TEXT_STEPS = 600
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,15 @@ def _save_llava(assets: TinyAssets, out_dir: Path, proxyv_start_layer: int | Non
     tiny_clip_image_processor().save_pretrained(out_dir)
 
 
-def build_tiny_assets(root: str | Path = DEFAULT_TINY_DIR, seed: int = 0) -> TinyAssets:
-    """Build whatever is missing under `root` and return where everything is."""
+def build_tiny_assets(root: str | Path = DEFAULT_TINY_DIR, seed: int = 0,
+                      llm_text_steps: int = DEFAULT_LLM_TEXT_STEPS) -> TinyAssets:
+    """Build whatever is missing under `root` and return where everything is.
+
+    `llm_text_steps` > 0 pretrains a newly built tiny LLM on text for that many steps (see
+    `llava.tiny.pretrain_llm`, about 1 min for the default), so that the launch scripts' short
+    training ends in a model that answers in kind; 0 keeps it random (the tests do: it builds in
+    seconds and they need no language skill).
+    """
     assets = TinyAssets(Path(root))
     if not (assets.captions.is_file() and assets.instruct.is_file()):
         generate_tiny_dataset(assets.data, seed=seed)
@@ -85,6 +94,8 @@ def build_tiny_assets(root: str | Path = DEFAULT_TINY_DIR, seed: int = 0) -> Tin
         logger.info("Training the tiny tokenizer and building the tiny Vicuna-like LLM in %s", assets.llm)
         corpus = tiny_tokenizer_corpus(iter_dataset_texts([assets.captions, assets.instruct]))
         build_tiny_llm(assets.llm, train_tiny_tokenizer(corpus), seed=seed)
+        if llm_text_steps > 0:
+            pretrain_tiny_llm(assets.llm, llm_text_steps, seed=seed)
     if not _done(assets.clip):
         build_tiny_clip(assets.clip, seed=seed)
     if not _done(assets.llava):
