@@ -6,6 +6,7 @@ too); leaving both out trains the baseline.
 
 from dataclasses import dataclass, field
 
+import torch
 import transformers
 
 
@@ -33,6 +34,26 @@ class ModelArguments:
     max_num_image_crops: int = 5
     learn_proxy: bool = False
     hidden_size_reduce_factor: int | None = None
+    vision_token_reduction: str | None = field(default=None, metadata={"help": "visionzip, or none"})
+    visionzip_dominant: int = field(default=360, metadata={"help": "VisionZip: dominant tokens per crop"})
+    visionzip_contextual: int = field(default=40, metadata={"help": "VisionZip: merged contextual tokens per crop"})
+    pyramid_drop_layers: str | None = field(
+        default=None, metadata={"help": "PyramidDrop: comma list of layer counts after which vision tokens drop, e.g. 12,20,26"}
+    )
+    pyramid_drop_ratio: float = field(default=0.5, metadata={"help": "PyramidDrop: fraction of vision tokens kept per drop"})
+
+    def token_reduction_options(self) -> dict:
+        """The VisionZip / PyramidDrop config fields these flags ask for (validated by the config)."""
+        reduction = None if self.vision_token_reduction in (None, "", "none") else self.vision_token_reduction
+        options = {"vision_token_reduction": reduction, "visionzip_dominant": self.visionzip_dominant,
+                   "visionzip_contextual": self.visionzip_contextual, "pyramid_drop_ratio": self.pyramid_drop_ratio}
+        if self.pyramid_drop_layers not in (None, "", "none"):
+            try:
+                options["pyramid_drop_layers"] = [int(part) for part in self.pyramid_drop_layers.split(",")]
+            except ValueError as error:
+                raise ValueError(f"--pyramid_drop_layers must be comma-separated integers, got "
+                                 f"'{self.pyramid_drop_layers}'.") from error
+        return options
 
     def proxyv_enabled(self) -> bool:
         if self.proxyv is False and self.proxyv_start_layer is not None:
@@ -66,4 +87,18 @@ class TrainingArguments(transformers.TrainingArguments):
             if not 0 <= self.warmup_ratio < 1:
                 raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
             self.warmup_steps = self.warmup_ratio
+        self._check_precision_without_cuda()
         super().__post_init__()
+
+    def _check_precision_without_cuda(self) -> None:
+        """fp16 and tf32 need a GPU; bf16 on CPU needs --use_cpu (one process, no DeepSpeed)."""
+        if torch.cuda.is_available():
+            return
+        if self.fp16:
+            raise ValueError("--fp16 needs a CUDA GPU. On CPU train in float32 (no precision flag) or in "
+                             "bfloat16 with --bf16 True --use_cpu True.")
+        if self.tf32:
+            raise ValueError("--tf32 is a CUDA (Ampere+) setting; drop it on CPU.")
+        if self.bf16 and not self.use_cpu:
+            raise ValueError("--bf16 on a machine without CUDA needs --use_cpu True (one process, without "
+                             "--deepspeed); or drop --bf16 to train in float32.")

@@ -179,8 +179,10 @@ def baseline_stage1(assets, tmp_path_factory):
 
 def test_baseline_two_stages_learn_and_answer(assets, baseline_stage1, tmp_path):
     stage1, stage2 = baseline_stage1, tmp_path / "stage2"
+    # Stage 2 in bfloat16 on CPU (--bf16 needs --use_cpu without CUDA; fp16 and tf32 are refused).
     log = _run(
-        _stage2(assets, stage2, stage1 / "mm_projector.bin", "--max_steps", "6", "--save_strategy", "no")
+        _stage2(assets, stage2, stage1 / "mm_projector.bin", "--max_steps", "6", "--save_strategy", "no",
+                "--bf16", "True", "--use_cpu", "True")
     )
     losses = [float(value) for value in re.findall(r"'loss': '([0-9.]+)'", log)]
     assert len(losses) == 6 and all(0 < loss < 20 for loss in losses), losses
