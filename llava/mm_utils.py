@@ -345,6 +345,10 @@ class KeywordsStoppingCriteria(StoppingCriteria):
 # ----------------------------------------------------------------------------- loading
 
 
+class ImageTooLargeError(ValueError):
+    """An image with more pixels than PIL's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`)."""
+
+
 def load_image_from_base64(image: str) -> Image.Image:
     """Decode a base64 string into a PIL image (kept in its own mode, as LLaVA)."""
     try:
@@ -373,5 +377,7 @@ def load_image(image_file: str | Path, timeout: float = 30.0) -> Image.Image:
         with Image.open(data) as opened:
             opened.load()
             return to_rgb(opened)
-    except (UnidentifiedImageError, OSError) as error:
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(f"Image {source} is too large to decode safely: {error}") from error
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:  # broken PNG chunks raise SyntaxError
         raise ValueError(f"Cannot read image {source}: {error}") from error

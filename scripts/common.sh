@@ -41,10 +41,30 @@ if [ "${DEEPSPEED_CONFIG}" = "none" ]; then DEEPSPEED_ARGS=(); else DEEPSPEED_AR
 # ProxyV is on when PROXYV_START_LAYER is a number; PROXYV_START_LAYER=none trains the baseline.
 if [ "${PROXYV_START_LAYER}" = "none" ]; then PROXYV_ARGS=(); RUN_KIND=baseline
 else PROXYV_ARGS=(--proxyv_start_layer "${PROXYV_START_LAYER}" --proxyv_reduce_factor 4); RUN_KIND=proxyv-s${PROXYV_START_LAYER}; fi
+# PROXYV_VARIANT (README, "Study variants and token-reduction baselines") trains a study variant from
+# PROXYV_START_LAYER instead of ProxyV: skip_vision_attention, vision_mlp (mask_vision_attention is training-free).
+if [ -n "${PROXYV_VARIANT:-}" ] && [ "${PROXYV_VARIANT}" != "proxyv" ]; then
+  if [ "${PROXYV_START_LAYER}" = "none" ]; then echo "PROXYV_VARIANT=${PROXYV_VARIANT} needs PROXYV_START_LAYER (a layer, not none)." >&2; exit 1; fi
+  PROXYV_ARGS+=(--proxyv_variant "${PROXYV_VARIANT}"); RUN_KIND=${PROXYV_VARIANT}-s${PROXYV_START_LAYER}
+fi
+
+# Token-reduction baselines (README, "Study variants and token-reduction baselines"):
+# VISION_TOKEN_REDUCTION=visionzip (VISIONZIP_DOMINANT / VISIONZIP_CONTEXTUAL, default 360 / 40 per crop);
+# PYRAMID_DROP_LAYERS=12,20,26 (PYRAMID_DROP_RATIO, default 0.5). With ProxyV, VisionZip needs LEARN_PROXY=True.
+REDUCTION_ARGS=()
+if [ -n "${VISION_TOKEN_REDUCTION:-}" ] && [ "${VISION_TOKEN_REDUCTION}" != "none" ]; then
+  REDUCTION_ARGS+=(--vision_token_reduction "${VISION_TOKEN_REDUCTION}" --visionzip_dominant "${VISIONZIP_DOMINANT:-360}"
+                   --visionzip_contextual "${VISIONZIP_CONTEXTUAL:-40}"); RUN_KIND=${RUN_KIND}-${VISION_TOKEN_REDUCTION}
+fi
+if [ -n "${PYRAMID_DROP_LAYERS:-}" ] && [ "${PYRAMID_DROP_LAYERS}" != "none" ]; then
+  REDUCTION_ARGS+=(--pyramid_drop_layers "${PYRAMID_DROP_LAYERS}" --pyramid_drop_ratio "${PYRAMID_DROP_RATIO:-0.5}")
+  RUN_KIND=${RUN_KIND}-pdrop
+fi
+if [ "${LEARN_PROXY:-False}" = "True" ]; then REDUCTION_ARGS+=(--learn_proxy True); fi
 
 launch() {
   torchrun --nproc_per_node "${NUM_GPUS}" --nnodes "${NNODES}" --node_rank "${RANK}" \
     --master_addr "${MASTER_ADDR}" --master_port "${MASTER_PORT}" \
-    llava/train/train.py "${DEEPSPEED_ARGS[@]}" "${PRECISION_ARGS[@]}" "${PROXYV_ARGS[@]}" --report_to "${REPORT_TO}" \
+    llava/train/train.py "${DEEPSPEED_ARGS[@]}" "${PRECISION_ARGS[@]}" "${PROXYV_ARGS[@]}" "${REDUCTION_ARGS[@]}" --report_to "${REPORT_TO}" \
     --gradient_checkpointing "${GRADIENT_CHECKPOINTING}" "$@"
 }

@@ -169,3 +169,18 @@ def save_tiny_clip(path, seed: int = 0, image_size: int = 336) -> Path:
     tower.save_pretrained(path)
     tiny_image_processor(image_size).save_pretrained(path)
     return path
+
+
+def adamw_steps(model, steps: int, lr: float = 1e-3, **batch) -> list[float]:
+    """Train mode, `steps` AdamW steps on one batch (the model's forward kwargs), eval mode; the losses."""
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    model.eval()
+    return losses

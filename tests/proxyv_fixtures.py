@@ -41,6 +41,8 @@ PROXYV_KEYS = (
     "max_num_image_crops",
     "learn_proxy",
     "hidden_size_reduce_factor",
+    "proxyv_variant",
+    "vision_mask_ratio",
 )
 
 TINY_CLIP = {

@@ -17,6 +17,10 @@ on the `P` proxies; with learned proxies the guidance `A @ context` ([g*g, n] x 
 Proxy creation (once, entering layer s): spatial = bilinear interpolation, 0 counted FLOPs (about 8
 per output element, i.e. ~C*n*d*8, negligible); learned = `W_k` on full tokens, the [n, g*g]
 scores and the softmax-weighted sum of the full tokens.
+Study variants (`proxyv_variant`), layers from s: `mask_vision_attention` is a baseline layer (a mask
+saves nothing here); `skip_vision_attention` has q/o and the attention rows on the `T_l` light tokens,
+k/v on all `T`, the FFN on all `T`; `vision_mlp` the same with the FFN on `T_l` and the unguided MLP
+(d -> d_m -> d) on the `C*g*g` full tokens.
 """
 
 import re
@@ -121,6 +125,21 @@ def proxyv_layer_flops(shape: DecoderShape, seq: SequenceShape, reduced_size: in
     return sum(proxyv_layer_breakdown(shape, seq, reduced_size, learn_proxy).values())
 
 
+def study_layer_flops(shape: DecoderShape, seq: SequenceShape, variant: str, reduced_size: int) -> int:
+    """One layer >= s of a study variant (`llava.model.proxyv.study`); `reduced_size` is d_m."""
+    if variant == "mask_vision_attention":
+        return baseline_layer_flops(shape, seq.total)
+    d = shape.hidden_size
+    attention = (2 * linear_flops(seq.light, d, d) + 2 * linear_flops(seq.total, d, shape.kv_size)
+                 + attention_flops(shape.num_heads, shape.head_dim, seq.light, seq.total))
+    if variant == "skip_vision_attention":
+        return attention + ffn_flops(shape, seq.total)
+    if variant == "vision_mlp":
+        unguided = linear_flops(seq.full, d, reduced_size) + linear_flops(seq.full, reduced_size, d)
+        return attention + ffn_flops(shape, seq.light) + unguided
+    raise ValueError(f"No analytic FLOPs for proxyv_variant '{variant}'.")
+
+
 def proxy_creation_flops(shape: DecoderShape, seq: SequenceShape, reduced_size: int, learn_proxy: bool) -> int:
     """Once per prefill, entering layer s: 0 for spatial (interpolation is not a matmul)."""
     if not learn_proxy:
@@ -132,11 +151,13 @@ def proxy_creation_flops(shape: DecoderShape, seq: SequenceShape, reduced_size: 
 
 
 def llm_prefill_flops(shape: DecoderShape, seq: SequenceShape, num_layers: int, start_layer: int | None = None,
-                      reduced_size: int = 0, learn_proxy: bool = False) -> int:
-    """All decoder layers; `start_layer` None (or = num_layers) is the baseline."""
+                      reduced_size: int = 0, learn_proxy: bool = False, variant: str = "proxyv") -> int:
+    """All decoder layers; `start_layer` None (or = num_layers) is the baseline; `variant` a study variant."""
     start = num_layers if start_layer is None else start_layer
     total = start * baseline_layer_flops(shape, seq.total)
-    if start < num_layers:
+    if start < num_layers and variant != "proxyv":
+        total += (num_layers - start) * study_layer_flops(shape, seq, variant, reduced_size)
+    elif start < num_layers:
         total += proxy_creation_flops(shape, seq, reduced_size, learn_proxy)
         total += (num_layers - start) * proxyv_layer_flops(shape, seq, reduced_size, learn_proxy)
     return total
@@ -193,7 +214,8 @@ def analytic_prefill_flops(config, text_tokens: int, crops: int) -> dict[str, in
     grid = vision.image_size // vision.patch_size
     shape = decoder_shape(config)
     proxyv = getattr(config, "proxyv_start_layer", None) is not None
-    proxies = config.num_proxies_per_crop if proxyv else 0
+    variant = getattr(config, "proxyv_variant", "proxyv")
+    proxies = config.num_proxies_per_crop if proxyv and variant == "proxyv" else 0
     seq = SequenceShape(text_tokens, crops, grid * grid, proxies)
     reduced = reduced_hidden_size(config.hidden_size, config.hidden_size_reduce_factor) if proxyv else 0
     start = config.proxyv_start_layer if proxyv else None
@@ -203,6 +225,6 @@ def analytic_prefill_flops(config, text_tokens: int, crops: int) -> dict[str, in
         "projector_flops": mlp_projector_flops(vision.hidden_size, config.hidden_size,
                                                _projector_depth(config.mm_projector_type), seq.full),
         "llm_flops": llm_prefill_flops(shape, seq, config.num_hidden_layers, start, reduced,
-                                       bool(getattr(config, "learn_proxy", False))),
+                                       bool(getattr(config, "learn_proxy", False)), variant),
         "lm_head_flops": lm_head_flops(shape, 1),
     }

@@ -37,8 +37,10 @@ from transformers import DynamicCache
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model import LlavaConfig, LlavaLlamaForCausalLM, LlavaProxyVConfig, LlavaProxyVLlamaForCausalLM
 from llava.model.builder import resolve_dtype
+from llava.model.language_model.pyramid_drop_llama import LlavaPyramidDropLlamaForCausalLM
 from llava.model.layout import MultimodalLayout, build_multimodal_sequence
 from llava.model.proxyv.plan import build_proxyv_plan
+from llava.model.reduction.pyramid_drop import drop_schedule
 
 from .flops import analytic_prefill_flops
 from .presets import ModelSpec, load_model_spec
@@ -65,6 +67,7 @@ class Variant:
     config: LlavaConfig
     model_class: type
     start_layer: int | None = None
+    analytic: bool = True  # llava.eval.flops has a formula for it (baseline, ProxyV); else llm_flops_analytic is None
 
 
 # ----------------------------------------------------------------------------- configs and inputs
@@ -107,8 +110,61 @@ def proxyv_family(request: VariantRequest) -> list[Variant]:
     return variants
 
 
+PAPER_DEPTH = 32  # Vicuna-7B: the depth the paper's layer choices refer to
+VISIONZIP_PAPER = (360, 40, 576)  # dominant, contextual, of a crop's 576 tokens
+PYRAMID_DROP_PAPER = ([12, 20, 26], 0.5)
+
+
+def _visionzip_options(spec: ModelSpec) -> dict:
+    """The paper's 360 + 40 of 576, scaled to the preset's tokens per crop."""
+    dominant, contextual, crop = VISIONZIP_PAPER
+    return {"vision_token_reduction": "visionzip", "visionzip_dominant": max(1, round(dominant * spec.tokens_per_crop / crop)),
+            "visionzip_contextual": round(contextual * spec.tokens_per_crop / crop)}
+
+
+def visionzip_family(request: VariantRequest) -> list[Variant]:
+    """VisionZip on the baseline decoder."""
+    config = LlavaConfig(**request.values, **_visionzip_options(request.spec))
+    return [Variant(request.spec, "visionzip", config, LlavaLlamaForCausalLM, analytic=False)]
+
+
+def pyramid_drop_family(request: VariantRequest) -> list[Variant]:
+    """PyramidDrop after 12, 20, 26 of 32 layers (scaled as round(l * depth / 32)), keeping 50% each time."""
+    depth = request.depth
+    if depth < 2:
+        return []  # no layer to drop after
+    paper_layers, ratio = PYRAMID_DROP_PAPER
+    layers = sorted({min(max(round(layer * depth / PAPER_DEPTH), 1), depth - 1) for layer in paper_layers})
+    config = LlavaConfig(**request.values, pyramid_drop_layers=layers, pyramid_drop_ratio=ratio)
+    return [Variant(request.spec, "pyramiddrop", config, LlavaPyramidDropLlamaForCausalLM, layers[0], analytic=False)]
+
+
+def visionzip_proxyv_family(request: VariantRequest) -> list[Variant]:
+    """Non-spatial ProxyV from depth // 2 on VisionZip-reduced tokens."""
+    spec, start = request.spec, request.depth // 2
+    config = LlavaProxyVConfig(**request.values, **spec.proxyv_options, **_visionzip_options(spec),
+                               proxyv_start_layer=start, learn_proxy=True, per_crop_token_len=spec.tokens_per_crop)
+    return [Variant(spec, "visionzip+proxyv", config, LlavaProxyVLlamaForCausalLM, start, analytic=False)]
+
+
+def study_family(variant: str):
+    """The family of one of the paper's Section 3 study variants, from the middle layer (16 of 32)."""
+
+    def family(request: VariantRequest) -> list[Variant]:
+        spec, start = request.spec, request.depth // 2
+        config = LlavaProxyVConfig(**request.values, **spec.proxyv_options, proxyv_start_layer=start,
+                                   proxyv_variant=variant, per_crop_token_len=spec.tokens_per_crop)
+        return [Variant(spec, variant, config, LlavaProxyVLlamaForCausalLM, start)]
+
+    family.__doc__ = f"The study variant {variant} from depth // 2."
+    return family
+
+
+STUDY_VARIANTS = ("mask_vision_attention", "skip_vision_attention", "vision_mlp")
+
 # Each family builds its rows at its paper setting (scaled to the depth when --layers cuts the LLM).
-VARIANT_FAMILIES = {"proxyv": proxyv_family}
+VARIANT_FAMILIES = {"proxyv": proxyv_family, "visionzip": visionzip_family, "pyramiddrop": pyramid_drop_family,
+                    "visionzip+proxyv": visionzip_proxyv_family, **{name: study_family(name) for name in STUDY_VARIANTS}}
 
 
 def build_variants(spec: ModelSpec, start_layers: list[int], layers: int | None = None, learn_proxy: bool = False,
@@ -195,8 +251,11 @@ def _decoder(model, hidden: torch.Tensor, layout_cpu: MultimodalLayout) -> torch
     extra = model.decoder_layout_kwargs(layout)
     if isinstance(model.config, LlavaProxyVConfig):
         # The plan reads index values, so it is built on CPU and moved to meta; the rest is the model's own forward.
-        plan = build_proxyv_plan(layout_cpu, model.config.num_proxies_per_crop, hidden.dtype)
+        plan = build_proxyv_plan(layout_cpu, model.config.decoder_proxies_per_crop, hidden.dtype)
         extra["proxyv_plan"] = _to_device(plan, "meta")
+    drop_layers = getattr(model.config, "pyramid_drop_layers", None)
+    if drop_layers:  # kept counts read token kinds, so the schedule is built on CPU too
+        extra["drop_schedule"] = drop_schedule(layout_cpu.token_kind, len(drop_layers), model.config.pyramid_drop_ratio)
     output = model.model(inputs_embeds=hidden, position_ids=layout.position_ids, past_key_values=cache,
                          use_cache=True, **extra)
     return output.last_hidden_state
@@ -426,8 +485,8 @@ def flops_row(variant: Variant, dtype: torch.dtype, text_tokens: int, crops: int
     meta_model = build_model(variant, "meta", dtype, "sdpa")
     input_ids = make_input_ids(variant.config.vocab_size, text_tokens)
     flops = count_prefill_flops(meta_model, input_ids, make_images(variant.spec, crops, "meta", dtype))
-    analytic = analytic_prefill_flops(variant.config, text_tokens, crops)
-    if analytic["llm_flops"] != flops["llm_flops"]:
+    analytic = analytic_prefill_flops(variant.config, text_tokens, crops) if variant.analytic else {"llm_flops": None}
+    if variant.analytic and analytic["llm_flops"] != flops["llm_flops"]:
         logger.warning("%s %s s=%s: counted LLM FLOPs %d differ from the analytic %d", variant.spec.name,
                        variant.name, variant.start_layer, flops["llm_flops"], analytic["llm_flops"])
     row = {"model": variant.spec.name, "variant": variant.name, "proxyv_start_layer": variant.start_layer,

@@ -31,7 +31,8 @@ CLIP_L_336 = {
 UNSUPPORTED_REASON = "not yet supported (the model code supports Llama-architecture LLMs only)"
 # ProxyV's own config keys: a baseline variant built from a ProxyV config drops them.
 PROXYV_KEYS = ("proxyv", "proxyv_start_layer", "learn_proxy", "proxyv_reduce_factor", "per_crop_token_len",
-               "max_num_image_crops", "hidden_size_reduce_factor", "image_token_len_per_side")
+               "max_num_image_crops", "hidden_size_reduce_factor", "image_token_len_per_side", "proxyv_variant",
+               "vision_mask_ratio")
 PROXYV_OPTION_KEYS = ("proxyv_reduce_factor", "max_num_image_crops", "hidden_size_reduce_factor")
 NOT_CONFIG_KEYS = ("model_type", "architectures", "transformers_version", "_name_or_path", "auto_map")
 LLAVA_MODEL_TYPES = ("llava_llama", "llava_proxyv_llama")

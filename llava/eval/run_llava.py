@@ -17,6 +17,7 @@ from llava.serve.cli import (
     default_conv_mode,
     generation_kwargs,
     load_images,
+    one_line,
     pixels_for_model,
     with_image_placeholders,
 )
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
             model_path, args.model_base, None, device=args.device, attn_implementation=args.attn_implementation
         )
     except (FileNotFoundError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
     conv_mode = args.conv_mode or default_conv_mode(model.config)
     print(f"Q ({', '.join(image_files.split(','))}): {args.query}")
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
         reply = answer(tokenizer, model, image_processor, images, args.query, conv_mode, args.temperature,
                        args.top_p, args.num_beams, args.max_new_tokens)
     except ValueError as error:  # e.g. an unknown --conv-mode
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
     print(f"A: {reply}")
     return 0

@@ -11,8 +11,9 @@ import torch
 from transformers import AutoConfig
 from transformers.utils import logging as hf_logging
 
-from .language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
-from .language_model.proxyv_llama import LlavaProxyVConfig, LlavaProxyVLlamaForCausalLM
+from .language_model.llava_llama import LlavaConfig
+from .language_model.proxyv_llama import LlavaProxyVConfig
+from .model_registry import causal_lm_class_for_config
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def build_llava_from_llm(
     active) the model is created partitioned and the tower weights are copied in gathered.
     """
     config = llava_config_from_llm(AutoConfig.from_pretrained(llm_path), vision_tower, proxyv_start_layer, **options)
-    model_class = LlavaLlamaForCausalLM if proxyv_start_layer is None else LlavaProxyVLlamaForCausalLM
+    model_class = causal_lm_class_for_config(config)  # baseline, ProxyV or PyramidDrop, as the config says
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its load report lists the multimodal weights as missing: expected here
     try:

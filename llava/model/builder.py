@@ -6,6 +6,7 @@ the path's name. Returns `(tokenizer, model, image_processor, context_len)` like
 
 import logging
 import os
+from contextlib import contextmanager
 
 import torch
 from transformers import AutoConfig, AutoTokenizer
@@ -58,6 +59,13 @@ def resolve_attn_implementation(requested: str | None, config) -> str:
             "This checkpoint uses the release newline positions, whose mask follows position ids; "
             "flash-attention cannot express it, so sdpa is used."
         )
+        return "sdpa"
+    if getattr(config, "pyramid_drop_layers", None):
+        logger.warning("PyramidDrop masks every stage by position and real keys; flash-attention cannot, so sdpa is used.")
+        return "sdpa"
+    if getattr(config, "proxyv_variant", None) == "mask_vision_attention":
+        logger.warning("mask_vision_attention hides vision keys from vision queries with an explicit mask; "
+                       "flash-attention cannot express it, so sdpa is used.")
         return "sdpa"
     return requested
 
@@ -118,13 +126,16 @@ def load_pretrained_model(
     model_class = causal_lm_class_for_config(config)
     config = config_for_class(config, model_class)
 
-    load_kwargs = {"dtype": dtype, "attn_implementation": attn, **kwargs}
+    # Shape mismatches are reported by `_finish_multimodal_weights` in one line, not by a RuntimeError.
+    load_kwargs = {"dtype": dtype, "attn_implementation": attn, "ignore_mismatched_sizes": True, **kwargs}
     if load_8bit or load_4bit:
         from transformers import BitsAndBytesConfig
 
         load_kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=load_8bit, load_in_4bit=load_4bit)
     weights_path = model_base or model_path
-    model, info = model_class.from_pretrained(weights_path, config=config, output_loading_info=True, **load_kwargs)
+    with _without_load_report():
+        model, info = model_class.from_pretrained(weights_path, config=config, output_loading_info=True,
+                                                  **load_kwargs)
     _finish_multimodal_weights(model, info, model_path, model_base)
     if not (load_8bit or load_4bit):
         model.to(device)
@@ -137,8 +148,33 @@ def load_pretrained_model(
     return tokenizer, model, image_processor, context_len
 
 
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+@contextmanager
+def _without_load_report():
+    """transformers logs a table of missing / mismatched weights; `_finish_multimodal_weights`
+    handles each case itself (loads the tower, or raises one clear error), so the table is noise."""
+    transformers_logger, report_filter = logging.getLogger("transformers.modeling_utils"), _DropLoadReport()
+    transformers_logger.addFilter(report_filter)
+    try:
+        yield
+    finally:
+        transformers_logger.removeFilter(report_filter)
+
+
 def _finish_multimodal_weights(model, info: dict, model_path: str, model_base: str | None) -> None:
     """Fill in what the weights file did not carry: a stage-1 projector file, the tower's own weights."""
+    mismatched = sorted(info.get("mismatched_keys", []))
+    if mismatched:
+        name, stored, expected = mismatched[0]
+        raise ValueError(
+            f"The checkpoint at {model_base or model_path} holds {len(mismatched)} weight(s) of another shape than "
+            f"its config.json builds, e.g. {name}: {list(stored)} in the file, {list(expected)} in the model. The "
+            "weights and config.json come from different models; put the checkpoint's own config.json back."
+        )
     missing = set(info.get("missing_keys", []))
     if model_base is not None:
         projector_file = os.path.join(model_path, "mm_projector.bin")

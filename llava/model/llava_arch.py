@@ -95,7 +95,7 @@ class LlavaMetaForCausalLM:
             features = self.encode_images(torch.cat(crops, dim=0))  # [sum C, g*g, D]
             image_features = list(features.split([c.shape[0] for c in crops], dim=0))
         newline = getattr(self.model, "image_newline", None)
-        return build_multimodal_sequence(
+        embeds, labels, layout = build_multimodal_sequence(
             input_ids,
             attention_mask,
             labels,
@@ -105,7 +105,30 @@ class LlavaMetaForCausalLM:
             padding_side=padding_side,
             newline_scheme=self.config.image_newline_positions,
         )
+        if self.training and not crops and self.get_vision_tower() is not None:
+            embeds = embeds + self._unused_vision_path_term(embeds)
+        return embeds, labels, layout
+
+    def _unused_vision_path_term(self, embeds: torch.Tensor) -> torch.Tensor:
+        """0 * (tower + projector on a blank crop, + image newline): a training batch without images
+        still touches every multimodal parameter, so ZeRO-3 ranks gather the same parameters each
+        step (ranks that diverge hang) and those parameters get a zero gradient, not None."""
+        tower = self.get_vision_tower()
+        size = tower.config.image_size
+        blank = torch.zeros(1, 3, size, size, dtype=tower.dtype, device=embeds.device)  # [1, 3, H, W]
+        term = self.encode_images(blank).sum()
+        newline = getattr(self.model, "image_newline", None)
+        if newline is not None:
+            term = term + newline.sum()
+        return (0 * term).to(embeds.dtype)
 
     @staticmethod
     def has_image_placeholders(input_ids: torch.Tensor | None) -> bool:
         return input_ids is not None and bool((input_ids == IMAGE_TOKEN_INDEX).any())
+
+    def runs_multimodal_step(self, input_ids: torch.Tensor | None, images) -> bool:
+        """Whether the forward goes through `prepare_inputs_labels_for_multimodal`: when there are
+        images or placeholders, and in training always (see `_unused_vision_path_term`)."""
+        if images is not None or self.has_image_placeholders(input_ids):
+            return True
+        return self.training and input_ids is not None and self.get_vision_tower() is not None

@@ -5,6 +5,7 @@ import os
 
 from .language_model.llava_llama import LlavaLlamaForCausalLM
 from .language_model.proxyv_llama import LlavaProxyVLlamaForCausalLM, proxyv_config_from
+from .language_model.pyramid_drop_llama import LlavaPyramidDropLlamaForCausalLM
 
 _BY_MODEL_TYPE = {
     "llava_llama": LlavaLlamaForCausalLM,
@@ -38,6 +39,8 @@ def causal_lm_class_for_config(config):
         raise _unknown_model_type(model_type)
     if getattr(config, "proxyv", None) and model_type in _PROXYV_BY_MODEL_TYPE:
         return _PROXYV_BY_MODEL_TYPE[model_type]
+    if getattr(config, "pyramid_drop_layers", None) and model_type == "llava_llama":
+        return LlavaPyramidDropLlamaForCausalLM  # the baseline's weights, a decoder that drops vision tokens
     return _BY_MODEL_TYPE[model_type]
 
 

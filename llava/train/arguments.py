@@ -1,7 +1,8 @@
 """Command-line arguments of `llava/train/train.py`, with the flag names LLaVA-NeXT users know.
 
 Giving `--proxyv_start_layer N` alone turns ProxyV on (the authors' `--proxyv True` is accepted
-too); leaving both out trains the baseline.
+too); leaving both out trains the baseline. `--proxyv_variant` picks one of the paper's study
+variants from that layer instead (`--vision_mask_ratio` sets the layer for the masking study).
 """
 
 from dataclasses import dataclass, field
@@ -34,6 +35,14 @@ class ModelArguments:
     max_num_image_crops: int = 5
     learn_proxy: bool = False
     hidden_size_reduce_factor: int | None = None
+    proxyv_variant: str = field(
+        default="proxyv",
+        metadata={"help": "proxyv, or a study variant from --proxyv_start_layer: mask_vision_attention, "
+                          "skip_vision_attention, vision_mlp"},
+    )
+    vision_mask_ratio: float | None = field(
+        default=None, metadata={"help": "mask_vision_attention: fraction of layers masked, from the top (sets s)"}
+    )
     vision_token_reduction: str | None = field(default=None, metadata={"help": "visionzip, or none"})
     visionzip_dominant: int = field(default=360, metadata={"help": "VisionZip: dominant tokens per crop"})
     visionzip_contextual: int = field(default=40, metadata={"help": "VisionZip: merged contextual tokens per crop"})
@@ -43,22 +52,33 @@ class ModelArguments:
     pyramid_drop_ratio: float = field(default=0.5, metadata={"help": "PyramidDrop: fraction of vision tokens kept per drop"})
 
     def token_reduction_options(self) -> dict:
-        """The VisionZip / PyramidDrop config fields these flags ask for (validated by the config)."""
-        reduction = None if self.vision_token_reduction in (None, "", "none") else self.vision_token_reduction
-        options = {"vision_token_reduction": reduction, "visionzip_dominant": self.visionzip_dominant,
-                   "visionzip_contextual": self.visionzip_contextual, "pyramid_drop_ratio": self.pyramid_drop_ratio}
+        """The VisionZip / PyramidDrop config fields these flags ask for (validated by the config);
+        empty for a reduction that is not asked for, so a checkpoint's own setting stays."""
+        options = {}
+        if self.vision_token_reduction in (None, "", "none") and (self.visionzip_dominant, self.visionzip_contextual) != (
+                360, 40):
+            raise ValueError("--visionzip_dominant/--visionzip_contextual need --vision_token_reduction visionzip.")
+        if self.pyramid_drop_layers in (None, "", "none") and self.pyramid_drop_ratio != 0.5:
+            raise ValueError("--pyramid_drop_ratio needs --pyramid_drop_layers (e.g. 12,20,26).")
+        if self.vision_token_reduction not in (None, "", "none"):
+            options.update(vision_token_reduction=self.vision_token_reduction, visionzip_dominant=self.visionzip_dominant,
+                           visionzip_contextual=self.visionzip_contextual)
         if self.pyramid_drop_layers not in (None, "", "none"):
             try:
-                options["pyramid_drop_layers"] = [int(part) for part in self.pyramid_drop_layers.split(",")]
+                layers = [int(part) for part in self.pyramid_drop_layers.split(",")]
             except ValueError as error:
                 raise ValueError(f"--pyramid_drop_layers must be comma-separated integers, got "
                                  f"'{self.pyramid_drop_layers}'.") from error
+            options.update(pyramid_drop_layers=layers, pyramid_drop_ratio=self.pyramid_drop_ratio)
         return options
 
     def proxyv_enabled(self) -> bool:
         if self.proxyv is False and self.proxyv_start_layer is not None:
             raise ValueError("--proxyv False contradicts --proxyv_start_layer; drop one of them.")
-        return bool(self.proxyv) or self.proxyv_start_layer is not None
+        if self.proxyv is False and (self.proxyv_variant != "proxyv" or self.vision_mask_ratio is not None):
+            raise ValueError("--proxyv False contradicts --proxyv_variant / --vision_mask_ratio; drop one of them.")
+        return (bool(self.proxyv) or self.proxyv_start_layer is not None or self.proxyv_variant != "proxyv"
+                or self.vision_mask_ratio is not None)
 
 
 @dataclass
@@ -77,6 +97,9 @@ class TrainingArguments(transformers.TrainingArguments):
     group_by_modality_length: bool = False
     mm_projector_lr: float | None = None
     mm_vision_mlp_lr: float | None = None
+    max_bad_sample_fraction: float = field(
+        default=0.01, metadata={"help": "stop when an epoch skips more than this fraction of records as unusable"}
+    )
     remove_unused_columns: bool = False
     warmup_ratio: float | None = field(
         default=None, metadata={"help": "LLaVA's flag: warmup as a fraction of the steps (sets warmup_steps)"}

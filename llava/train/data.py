@@ -15,56 +15,112 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava.mm_utils import load_image, process_images
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.mm_utils import ImageTooLargeError, load_image, process_images
 from llava.train.preprocess import tokenize_conversation
+from llava.train.record_checks import BadRecord, check_image_size, check_record, record_id, record_image_paths
 
 logger = logging.getLogger(__name__)
 
 
-def load_records(data_path: str) -> list[dict]:
-    """Records from one or more comma-separated `.json` (a list) or `.jsonl` (one per line) files."""
-    records = []
+@dataclass
+class FileProblem:
+    """A part of a data file that holds no usable record (e.g. a JSON syntax error)."""
+
+    kind: str
+    where: str  # "file, line N"
+    message: str
+
+
+def read_records(path: str) -> tuple[list, list[FileProblem]]:
+    """Records of one `.json` (a list) or `.jsonl` (one per line) file, and the lines that failed.
+
+    Bytes that are not UTF-8 are kept as lone surrogates, so `check_record` reports the record
+    (`non_utf8_text`) instead of the whole file failing to decode.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Data file not found: {path}; check --data_path.")
+    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+        if path.endswith(".jsonl"):
+            records, problems = [], []
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    problems.append(FileProblem("json_syntax", f"{path}, line {line_number}", error.msg))
+            return records, problems
+        text = handle.read()
+    try:
+        loaded = json.loads(text)
+    except json.JSONDecodeError as error:
+        return [], [FileProblem("json_syntax", f"{path}, line {error.lineno}", error.msg)]
+    if not isinstance(loaded, list):
+        raise ValueError(f"{path} must hold a JSON list of records (or use .jsonl, one per line).")
+    return loaded, []
+
+
+def load_records(data_path: str, max_bad_fraction: float = 1.0) -> list:
+    """Records from comma-separated `.json` / `.jsonl` files. A JSONL line that is not JSON is
+    skipped with a warning; a `.json` file that is not JSON cannot be used and raises."""
+    records, skipped_lines = [], 0
     for path in [p.strip() for p in data_path.split(",") if p.strip()]:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"Data file not found: {path}")
-        with open(path, encoding="utf-8") as handle:
-            if path.endswith(".jsonl"):
-                for line_number, line in enumerate(handle, start=1):
-                    if line.strip():
-                        records.append(_parse_json(line, path, line_number))
-            else:
-                loaded = _parse_json(handle.read(), path, None)
-                if not isinstance(loaded, list):
-                    raise ValueError(f"{path} must hold a JSON list of records (or use .jsonl, one per line).")
-                records.extend(loaded)
+        file_records, problems = read_records(path)
+        for problem in problems:
+            if not path.endswith(".jsonl"):
+                raise ValueError(f"{problem.where}: invalid JSON ({problem.message}); "
+                                 "run python -m llava.train.check_data to list every problem.")
+            logger.warning("Skipping %s: invalid JSON (%s)", problem.where, problem.message)
+        skipped_lines += len(problems)
+        records.extend(file_records)
         logger.info("Read %s (%d records so far)", path, len(records))
+    total = len(records) + skipped_lines
+    if skipped_lines and skipped_lines > max_bad_fraction * total:
+        raise ValueError(f"{skipped_lines} of {total} data lines are not valid JSON, more than "
+                         f"--max_bad_sample_fraction {max_bad_fraction:g}; run python -m llava.train.check_data.")
     return records
 
 
-def _parse_json(text: str, path: str, line_number: int | None):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        where = f"line {line_number}" if line_number else f"line {error.lineno}"
-        raise ValueError(f"{path}, {where}: invalid JSON ({error.msg}).") from error
+def _text_length(record) -> int:
+    if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
+        return 1
+    return sum(len(str(turn.get("value", "")).split()) for turn in record["conversations"] if isinstance(turn, dict))
 
 
-def record_images(record: dict) -> list[str]:
-    image = record.get("image")
-    if image is None:
-        return []
-    return [image] if isinstance(image, str) else list(image)
+def _image_count(record) -> int:
+    return len(record_image_paths(record)) if isinstance(record, dict) else 0
 
 
-def _text_length(record: dict) -> int:
-    return sum(len(turn.get("value", "").split()) for turn in record.get("conversations", []))
+def tokens_kept(input_ids: torch.Tensor, labels: torch.Tensor, image_token_counts: list[int],
+                model_max_length: int) -> int:
+    """How many of `input_ids` fit in `model_max_length` when each image placeholder expands to its
+    count (an image that does not fit whole is dropped with everything after it). Raises
+    BadRecord('truncated_away') when no supervised token is left."""
+    sizes = torch.ones_like(input_ids)
+    image_slots = (input_ids == IMAGE_TOKEN_INDEX).nonzero().flatten()
+    for slot, count in zip(image_slots.tolist(), image_token_counts):
+        sizes[slot] = count
+    keep = int((sizes.cumsum(0) <= model_max_length).long().sum())
+    if bool((labels[:keep] != IGNORE_INDEX).sum() == 0):
+        raise BadRecord(
+            "truncated_away",
+            f"nothing supervised is left after truncation to {model_max_length} tokens (images expand to "
+            f"{image_token_counts} tokens); raise --model_max_length or shorten the record",
+        )
+    return keep
 
 
 class LazySupervisedDataset(Dataset):
-    """LLaVA records tokenised and image-processed on access."""
+    """LLaVA records tokenised and image-processed on access.
 
-    def __init__(self, records: list[dict], tokenizer, image_processor, model_config, template: str,
+    An unusable record is skipped (one warning naming its id and the reason) and the next usable
+    one is returned in its place; the sample lists the unusable record asked for under `"skipped"`
+    (so each bad record counts once per epoch, when its own index is read), and the trainer counts
+    skips in the main process even when DataLoader workers do the loading.
+    """
+
+    def __init__(self, records: list, tokenizer, image_processor, model_config, template: str,
                  image_folder: str | None, model_max_length: int, tokens_per_crop: int):
         self.records = records
         self.tokenizer = tokenizer
@@ -74,7 +130,8 @@ class LazySupervisedDataset(Dataset):
         self.image_folder = image_folder or ""
         self.model_max_length = model_max_length
         self.tokens_per_crop = tokens_per_crop
-        self.num_skipped = 0
+        self.num_skipped = 0  # in this process only; the trainer keeps the run's count
+        self._warned: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -82,59 +139,64 @@ class LazySupervisedDataset(Dataset):
     @property
     def modality_lengths(self) -> list[int]:
         """Rough lengths, negative for text-only records (LLaVA's grouping convention)."""
-        return [(_text_length(r) + 128 * len(record_images(r))) * (1 if record_images(r) else -1) for r in self.records]
+        return [(_text_length(r) + 128 * _image_count(r)) * (1 if _image_count(r) else -1) for r in self.records]
 
     def __getitem__(self, index: int) -> dict:
-        """The sample at `index`; an unusable record is skipped (one warning naming it and why)
-        and the next one is used, so one bad record does not end a long run."""
+        skipped = []
         for offset in range(len(self.records)):
             record_index = (index + offset) % len(self.records)
             try:
-                return self._load(record_index)
-            except (ValueError, OSError) as error:
-                self.num_skipped += 1
-                record_id = self.records[record_index].get("id", record_index) if isinstance(self.records[record_index], dict) else record_index
-                logger.warning("Skipping record %r: %s", record_id, error)
-        raise ValueError("No record of the dataset can be used; see the warnings above.")
+                return {**self._load(record_index), "skipped": skipped}
+            except BadRecord as error:
+                name = record_id(self.records[record_index], record_index)
+                if offset == 0:  # a record passed over later is counted when its own index is read
+                    self.num_skipped += 1
+                    skipped.append((name, error.kind))
+                if name not in self._warned:
+                    self._warned.add(name)
+                    logger.warning("Skipping record %s (%s): %s", name, error.kind, error)
+        raise ValueError("No record of the dataset can be used; run python -m llava.train.check_data.")
 
     def _load(self, index: int) -> dict:
         record = self.records[index]
-        paths = record_images(record)
-        placeholders = count_image_placeholders(record)
-        if placeholders != len(paths):
-            raise ValueError(
-                f"Record {record.get('id', index)!r} has {placeholders} '{DEFAULT_IMAGE_TOKEN}' placeholder(s) "
-                f"but {len(paths)} image(s); put one '{DEFAULT_IMAGE_TOKEN}' in the human turns per image."
-            )
-        input_ids, labels = tokenize_conversation(record["conversations"], self.tokenizer, self.template, bool(paths))
-        images = [load_image(os.path.join(self.image_folder, path)) for path in paths]
+        check_record(record)
+        paths = record_image_paths(record)
+        try:
+            input_ids, labels = tokenize_conversation(record["conversations"], self.tokenizer, self.template,
+                                                      bool(paths))
+        except ValueError as error:
+            raise BadRecord("tokenization", str(error)) from error
+        images = [self._load_image(path) for path in paths]
         pixels = []
         if images:
             processed = process_images(images, self.image_processor, self.model_config)
             pixels = list(processed) if isinstance(processed, torch.Tensor) else processed
         input_ids, labels, pixels = self._truncate(input_ids, labels, pixels, record)
         return {"input_ids": input_ids, "labels": labels, "images": pixels,
-                "image_sizes": [image.size for image in images][: len(pixels)], "id": record.get("id", str(index))}
+                "image_sizes": [image.size for image in images][: len(pixels)], "id": record_id(record, index)}
+
+    def _load_image(self, path: str):
+        full_path = os.path.join(self.image_folder, path)
+        if os.path.isfile(full_path) and os.path.getsize(full_path) == 0:
+            raise BadRecord("empty_image", f"{full_path} has zero bytes")
+        try:
+            image = load_image(full_path)
+        except FileNotFoundError as error:
+            raise BadRecord("missing_image", str(error)) from error
+        except ImageTooLargeError as error:
+            raise BadRecord("decompression_bomb", str(error)) from error
+        except ValueError as error:
+            raise BadRecord("unreadable_image", str(error)) from error
+        check_image_size(image.width, image.height, full_path)
+        return image
 
     def _truncate(self, input_ids, labels, pixels, record):
-        """Cut to `model_max_length` expanded tokens; an image that does not fit whole is dropped
-        with everything after it."""
-        crop_sizes = [p.shape[0] if p.ndim == 4 else 1 for p in pixels]
-        sizes = torch.ones_like(input_ids)
-        image_slots = (input_ids == IMAGE_TOKEN_INDEX).nonzero().flatten()
-        for slot, crops in zip(image_slots.tolist(), crop_sizes):
-            sizes[slot] = crops * (self.tokens_per_crop + 1)
-        fits = sizes.cumsum(0) <= self.model_max_length
-        if bool(fits.all()):
+        """Cut to `model_max_length` expanded tokens (see `tokens_kept`)."""
+        counts = [(p.shape[0] if p.ndim == 4 else 1) * (self.tokens_per_crop + 1) for p in pixels]
+        keep = tokens_kept(input_ids, labels, counts, self.model_max_length)
+        if keep == input_ids.shape[0]:
             return input_ids, labels, pixels
-        keep = int(fits.long().sum())
         kept_images = int((input_ids[:keep] == IMAGE_TOKEN_INDEX).sum())
-        if bool((labels[:keep] != IGNORE_INDEX).sum() == 0):
-            raise ValueError(
-                f"Record {record.get('id')!r}: nothing supervised is left after truncation to "
-                f"{self.model_max_length} tokens (images expand to {self.tokens_per_crop + 1} per crop); "
-                "raise --model_max_length or shorten the record."
-            )
         logger.warning("Record %r truncated to %d tokens (%d of %d images kept)", record.get("id"),
                        self.model_max_length, kept_images, len(pixels))
         return input_ids[:keep], labels[:keep], pixels[:kept_images]
@@ -142,7 +204,9 @@ class LazySupervisedDataset(Dataset):
 
 @dataclass
 class DataCollatorForSupervisedDataset:
-    """Right-pads `input_ids` (pad id) and `labels` (IGNORE_INDEX); images listed in batch order."""
+    """Right-pads `input_ids` (pad id) and `labels` (IGNORE_INDEX); images listed in batch order.
+    `ids` (the batch's record ids) and `skipped` ((id, kind) of records skipped to fill it) ride
+    along for the trainer, which removes them before the forward pass."""
 
     pad_token_id: int
 
@@ -160,12 +224,10 @@ class DataCollatorForSupervisedDataset:
             attention_mask[row, :size] = 1
             images += item["images"]
             image_sizes += item["image_sizes"]
-        result = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        result = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
+                  "ids": [item.get("id") for item in instances],
+                  "skipped": [entry for item in instances for entry in item.get("skipped", [])]}
         if images:
             result["images"] = images
             result["image_sizes"] = image_sizes
         return result
-
-
-def count_image_placeholders(record: dict) -> int:
-    return sum(turn.get("value", "").count(DEFAULT_IMAGE_TOKEN) for turn in record.get("conversations", []))

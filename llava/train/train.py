@@ -15,14 +15,16 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoTokenizer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-from transformers.trainer_utils import get_last_checkpoint
 
 from llava.model.assemble import build_llava_from_llm
 from llava.model.builder import load_image_processor
 from llava.model.model_registry import causal_lm_class_for_config, config_for_class
 from llava.model.projector_weights import load_mm_projector_weights
+from llava.model.proxyv.study import start_layer_for_mask_ratio
 from llava.model.zero3_params import is_partitioned
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
+from llava.train.check_data import TrainingSetupError, check_training_paths
+from llava.train.checkpoints import last_complete_checkpoint
 from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, load_records
 from llava.train.trainer import LLaVATrainer
 from llava.train.tunable import (
@@ -59,14 +61,35 @@ def _multimodal_options(model_args, data_args, training_args) -> dict:
     }
     if pinpoints:
         options["image_grid_pinpoints"] = ast.literal_eval(pinpoints) if isinstance(pinpoints, str) else pinpoints
+    options.update(model_args.token_reduction_options())
     if model_args.proxyv_enabled():
         options.update(
             proxyv_reduce_factor=model_args.proxyv_reduce_factor,
             max_num_image_crops=model_args.max_num_image_crops,
             learn_proxy=model_args.learn_proxy,
             hidden_size_reduce_factor=model_args.hidden_size_reduce_factor,
+            proxyv_variant=model_args.proxyv_variant,
+            vision_mask_ratio=model_args.vision_mask_ratio,
         )
     return options
+
+
+def _with_token_reduction(config, model_args):
+    """A LLaVA checkpoint's config with the VisionZip / PyramidDrop flags applied, when any is given."""
+    options = model_args.token_reduction_options()
+    if not options:
+        return config
+    values = {key: value for key, value in config.to_dict().items() if key != "model_type"}
+    return type(config)(**{**values, **options})
+
+
+def _check_checkpoint_variant(config, model_args) -> None:
+    """A LLaVA checkpoint keeps its own decoder; a different --proxyv_variant would be silently lost."""
+    wanted, has = model_args.proxyv_variant, getattr(config, "proxyv_variant", "proxyv")
+    if wanted != "proxyv" and wanted != has:
+        raise ValueError(f"--proxyv_variant {wanted} applies when training from a language model (+ stage-1 "
+                         f"projector); the checkpoint {model_args.model_name_or_path} has proxyv_variant '{has}'. "
+                         "Start from the LLM with --pretrain_mm_mlp_adapter, or drop --proxyv_variant.")
 
 
 def build_model(model_args, data_args, training_args):
@@ -74,6 +97,8 @@ def build_model(model_args, data_args, training_args):
     dtype = _dtype(training_args)
     source_config = AutoConfig.from_pretrained(model_args.model_name_or_path)
     if source_config.model_type in LLAVA_MODEL_TYPES:
+        _check_checkpoint_variant(source_config, model_args)
+        source_config = _with_token_reduction(source_config, model_args)
         model_class = causal_lm_class_for_config(source_config)
         config = config_for_class(source_config, model_class)
         model = model_class.from_pretrained(model_args.model_name_or_path, config=config, dtype=dtype,
@@ -82,7 +107,9 @@ def build_model(model_args, data_args, training_args):
         if not model_args.vision_tower:
             raise ValueError("--vision_tower is required when --model_name_or_path is a plain language model.")
         start = model_args.proxyv_start_layer
-        if model_args.proxyv_enabled() and start is None:
+        if model_args.proxyv_enabled() and start is None and model_args.vision_mask_ratio is not None:
+            start = start_layer_for_mask_ratio(model_args.vision_mask_ratio, source_config.num_hidden_layers)
+        elif model_args.proxyv_enabled() and start is None:
             start = source_config.num_hidden_layers // 2
             logger.info("--proxyv True without --proxyv_start_layer: starting at the middle layer %d", start)
         model = build_llava_from_llm(model_args.model_name_or_path, model_args.vision_tower, start, dtype=dtype,
@@ -106,15 +133,16 @@ def _check_crop_geometry(model, model_args) -> None:
 
 
 def resume_checkpoint(training_args) -> str | None:
-    """`--resume_from_checkpoint`, or the last checkpoint already in the output folder."""
+    """`--resume_from_checkpoint`, or the newest complete checkpoint already in the output folder."""
     if training_args.resume_from_checkpoint:
+        if not os.path.isdir(training_args.resume_from_checkpoint):
+            raise FileNotFoundError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint} is not a "
+                                    "folder; give a checkpoint-N folder or leave the flag out to use the newest.")
         return training_args.resume_from_checkpoint
-    if os.path.isdir(training_args.output_dir):
-        last = get_last_checkpoint(training_args.output_dir)
-        if last:
-            logger.info("Resuming from %s", last)
-        return last
-    return None
+    last = last_complete_checkpoint(training_args.output_dir)
+    if last:
+        logger.info("Resuming from %s", last)
+    return last
 
 
 def _log_partitioning(model, world_size: int) -> None:
@@ -132,10 +160,13 @@ def train(argv=None) -> None:
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    check_training_paths(model_args.model_name_or_path, model_args.vision_tower, data_args.data_path,
+                         data_args.image_folder)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path,
                                               model_max_length=training_args.model_max_length, padding_side="right")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token
+    transformers.set_seed(training_args.seed)  # the new modules' initial weights follow --seed too
     model = build_model(model_args, data_args, training_args)
     if model_args.pretrain_mm_mlp_adapter:
         load_mm_projector_weights(model, model_args.pretrain_mm_mlp_adapter)
@@ -149,8 +180,8 @@ def train(argv=None) -> None:
     if image_processor is None:
         image_processor = CLIPImageProcessorPil.from_pretrained(model.config.mm_vision_tower)
     dataset = LazySupervisedDataset(
-        load_records(data_args.data_path), tokenizer, image_processor, model.config, model_args.version,
-        data_args.image_folder, training_args.model_max_length, model.get_vision_tower().num_patches,
+        load_records(data_args.data_path, training_args.max_bad_sample_fraction), tokenizer, image_processor, model.config, model_args.version,
+        data_args.image_folder, training_args.model_max_length, model.get_vision_tower().num_output_tokens,
     )
     trainer = LLaVATrainer(
         model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
@@ -170,4 +201,7 @@ def train(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    train(sys.argv[1:])
+    try:
+        train(sys.argv[1:])
+    except TrainingSetupError as error:
+        sys.exit(f"error: {error}")

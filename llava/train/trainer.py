@@ -4,7 +4,10 @@
   modules (`--mm_vision_mlp_lr`);
 * `--group_by_modality_length`: batches hold only multimodal or only text-only samples;
 * stage 1 (only multimodal parts train) saves those weights to `mm_projector.bin`, also under
-  ZeRO-3, and resumes from such a checkpoint.
+  ZeRO-3, and resumes from such a checkpoint;
+* skipped records are counted and summarised, too many of them or a NaN/inf loss stop the run
+  (`llava.train.run_guards`); each checkpoint gets a completeness marker written last
+  (`llava.train.checkpoints`).
 """
 
 import logging
@@ -15,6 +18,8 @@ from torch.utils.data import Sampler
 from transformers import Trainer
 
 from llava.model.projector_weights import load_mm_projector_weights, save_mm_projector_weights
+from llava.train.checkpoints import mark_complete
+from llava.train.run_guards import SkipTracker
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +59,32 @@ class LLaVATrainer(Trainer):
     def __init__(self, *args, multimodal_only_prefixes: tuple[str, ...] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.multimodal_only_prefixes = multimodal_only_prefixes
+        dataset_size = len(self.train_dataset) if self.train_dataset is not None else 0
+        self.skips = SkipTracker(dataset_size, getattr(self.args, "max_bad_sample_fraction", 1.0))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The usual loss, after taking out the record ids the collator added; checks it is finite."""
+        batch_ids, skipped = inputs.pop("ids", None), inputs.pop("skipped", [])
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if model.training:
+            loss = result[0] if return_outputs else result
+            self.skips.add(skipped, loss, self.state.global_step + 1, int(self.state.epoch or 0), batch_ids)
+        return result
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            logger.warning("Data summary: %s", self.skips.summary())
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The usual checkpoint, then (after every process wrote its part) the completeness marker."""
+        super()._save_checkpoint(model, trial)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        if self.args.should_save:
+            run_dir = self._get_output_dir(trial=trial)
+            mark_complete(os.path.join(run_dir, f"checkpoint-{self.state.global_step}"), self.state.global_step)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset

@@ -22,6 +22,7 @@ from ..checkpoint_names import register_release_weight_names
 from ..layout import MultimodalLayout
 from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 from ..masks import additive_mask, position_causal_visibility
+from ..reduction.options import check_reduction_options
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ class LlavaConfig(LlamaConfig):
     `image_newline_positions` picks the newline position scheme (DESIGN.md section 5). Left unset,
     it is `"release"` for a config written by the authors' code (it has their `proxyv` key) and
     `"natural"` otherwise; our own saves always write it.
+
+    Token-reduction baselines (`llava.model.reduction`): `vision_token_reduction="visionzip"` keeps
+    `visionzip_dominant + visionzip_contextual` tokens per crop; `pyramid_drop_layers` (e.g. [12, 20, 26])
+    keeps `pyramid_drop_ratio` of the remaining vision tokens after the first l layers, for each listed l.
     """
 
     model_type = "llava_llama"
@@ -61,10 +66,16 @@ class LlavaConfig(LlamaConfig):
     tokenizer_padding_side: str = "right"
     image_newline_positions: str | None = None
     proxyv: bool | None = None
+    vision_token_reduction: str | None = None
+    visionzip_dominant: int = 360
+    visionzip_contextual: int = 40
+    pyramid_drop_layers: list | None = None
+    pyramid_drop_ratio: float | int = 0.5
 
     def __post_init__(self, **kwargs):
         if self.image_newline_positions is None:
             self.image_newline_positions = "release" if self.proxyv is not None else "natural"
+        check_reduction_options(self)
         if self.image_grid_pinpoints is None:
             self.image_grid_pinpoints = [list(p) for p in DEFAULT_GRID_PINPOINTS]
         _check_choice("image_newline_positions", self.image_newline_positions, ("natural", "release"))
@@ -73,6 +84,10 @@ class LlavaConfig(LlamaConfig):
         _check_choice("tokenizer_padding_side", self.tokenizer_padding_side, ("right", "left"))
         if self.mm_use_im_start_end:
             raise ValueError("mm_use_im_start_end=True is not supported; LLaVA-NeXT and ProxyV train with False.")
+        study_keys = [key for key in ("proxyv_variant", "vision_mask_ratio") if kwargs.get(key) not in (None, "proxyv")]
+        if study_keys and not self.proxyv:
+            raise ValueError(f"{', '.join(study_keys)} are options of the ProxyV decoder, which this baseline config "
+                             "would ignore: build a LlavaProxyVConfig (model_type 'llava_proxyv_llama') instead.")
         super().__post_init__(**kwargs)
 
 
@@ -92,8 +107,13 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
 
     config_class = LlavaConfig
     inner_model_class = LlavaLlamaModel
+    runs_pyramid_drop = False  # the PyramidDrop subclass sets it
 
     def __init__(self, config: LlavaConfig):
+        if getattr(config, "pyramid_drop_layers", None) and not self.runs_pyramid_drop:
+            raise ValueError(f"This config asks for PyramidDrop (pyramid_drop_layers={config.pyramid_drop_layers}), which "
+                             f"{type(self).__name__} does not run; load it with llava.model.builder.load_pretrained_model "
+                             "(or the class llava.model.model_registry.causal_lm_class_for_config picks).")
         LlamaPreTrainedModel.__init__(self, config)
         self.model = self.inner_model_class(config)
         self.vocab_size = config.vocab_size
@@ -116,7 +136,7 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
         **kwargs,
     ):
         """LLaVA's forward: with `images`, placeholders in `input_ids` are expanded first (right padding)."""
-        if inputs_embeds is None and (images is not None or self.has_image_placeholders(input_ids)):
+        if inputs_embeds is None and self.runs_multimodal_step(input_ids, images):
             inputs_embeds, labels, multimodal_layout = self.prepare_inputs_labels_for_multimodal(
                 input_ids, attention_mask, labels, images, image_sizes, padding_side="right"
             )

@@ -2,12 +2,14 @@
 
 Layers `0 .. s-1` are ordinary; from `s = proxyv_start_layer` on, each layer is a
 `ProxyVDecoderLayer` running the two-stream computation of DESIGN.md section 4 with its own
-`VisionMLP`. Our checkpoints save as `model_type = "llava_proxyv_llama"`; the authors' release
+`VisionMLP`. `proxyv_variant` selects instead one of the paper's study variants from layer `s`
+(`llava.model.proxyv.study`). Our checkpoints save as `model_type = "llava_proxyv_llama"`; the authors' release
 (`model_type = "llava_llama"` with `proxyv: true`) loads into the same classes via the builder.
 """
 
 import math
 
+import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
@@ -16,9 +18,17 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from ..checkpoint_names import register_release_weight_names
 from ..layout import MultimodalLayout
+from ..masks import additive_mask
 from ..proxyv.layer import ProxyVDecoderLayer
-from ..proxyv.modules import LearnedProxyInitializer, VisionMLP, reduced_hidden_size, spatial_proxies
+from ..proxyv.modules import (
+    LearnedProxyInitializer,
+    UnguidedVisionMLP,
+    VisionMLP,
+    reduced_hidden_size,
+    spatial_proxies,
+)
 from ..proxyv.plan import ProxyVPlan, build_proxyv_plan
+from ..proxyv.study import PROXYV_VARIANTS, start_layer_for_mask_ratio, vision_masked_visibility
 from .llava_llama import LlavaConfig, LlavaLlamaForCausalLM, LlavaLlamaModel
 
 
@@ -28,6 +38,10 @@ class LlavaProxyVConfig(LlavaConfig):
 
     `proxyv_start_layer` defaults to the middle layer; `s = num_hidden_layers` means no ProxyV
     layer. `hidden_size_reduce_factor` defaults to 4 when hidden_size >= 1024, else 2.
+
+    `proxyv_variant` is "proxyv" (default) or a study variant from layer `s`: "mask_vision_attention"
+    (training-free, no new weights), "skip_vision_attention" or "vision_mlp". `vision_mask_ratio` q
+    (mask_vision_attention only) sets s = L - round(q*L), the top round(q*L) layers masked.
     """
 
     model_type = "llava_proxyv_llama"
@@ -38,6 +52,8 @@ class LlavaProxyVConfig(LlavaConfig):
     max_num_image_crops: int = 5
     learn_proxy: bool = False
     hidden_size_reduce_factor: int | None = None
+    proxyv_variant: str = "proxyv"
+    vision_mask_ratio: float | int | None = None
 
     def __post_init__(self, **kwargs):
         if self.image_newline_positions is None:
@@ -45,12 +61,31 @@ class LlavaProxyVConfig(LlavaConfig):
             self.image_newline_positions = "release" if self.proxyv is not None else "natural"
         self.proxyv = True
         kwargs.pop("image_token_len_per_side", None)  # the authors' derived key; we derive it
+        self._check_variant()
         if self.proxyv_start_layer is None:
             self.proxyv_start_layer = self.num_hidden_layers // 2
         if self.hidden_size_reduce_factor is None:
             self.hidden_size_reduce_factor = 4 if self.hidden_size >= 1024 else 2
         self._check_proxyv_options()
         super().__post_init__(**kwargs)
+
+    def _check_variant(self) -> None:
+        """Validate `proxyv_variant` and turn `vision_mask_ratio` into the start layer."""
+        if self.proxyv_variant not in PROXYV_VARIANTS:
+            raise ValueError(f"proxyv_variant must be one of {', '.join(PROXYV_VARIANTS)}, got '{self.proxyv_variant}'.")
+        if self.learn_proxy and self.proxyv_variant != "proxyv":
+            raise ValueError(f"learn_proxy applies to proxyv_variant 'proxyv' only, not '{self.proxyv_variant}'.")
+        if self.vision_mask_ratio is None:
+            return
+        if self.proxyv_variant != "mask_vision_attention":
+            raise ValueError("vision_mask_ratio applies to proxyv_variant 'mask_vision_attention' only, "
+                             f"not '{self.proxyv_variant}'; give proxyv_start_layer instead.")
+        start = start_layer_for_mask_ratio(self.vision_mask_ratio, self.num_hidden_layers)
+        if self.proxyv_start_layer is not None and self.proxyv_start_layer != start:
+            raise ValueError(f"vision_mask_ratio {self.vision_mask_ratio} means proxyv_start_layer {start} of "
+                             f"{self.num_hidden_layers} layers, but proxyv_start_layer is {self.proxyv_start_layer}; "
+                             "give only one of them.")
+        self.proxyv_start_layer = start
 
     def _check_proxyv_options(self) -> None:
         if not 0 <= self.proxyv_start_layer <= self.num_hidden_layers:
@@ -78,21 +113,32 @@ class LlavaProxyVConfig(LlavaConfig):
     def num_proxies_per_crop(self) -> int:
         return self.proxy_grid_size**2
 
+    @property
+    def decoder_proxies_per_crop(self) -> int:
+        """Proxies per crop the decoder actually creates: none for the study variants."""
+        return self.num_proxies_per_crop if self.proxyv_variant == "proxyv" else 0
+
 
 class LlavaProxyVLlamaModel(LlavaLlamaModel):
-    """LLaVA decoder whose layers from `proxyv_start_layer` on are ProxyV layers."""
+    """LLaVA decoder whose layers from `proxyv_start_layer` on are ProxyV (or study-variant) layers.
+
+    `vision_mlp_layers` holds one `VisionMLP` per ProxyV layer, one `UnguidedVisionMLP` per layer for
+    the `vision_mlp` variant, and nothing for `skip_vision_attention` / `mask_vision_attention`.
+    """
 
     config_class = LlavaProxyVConfig
 
     def __init__(self, config: LlavaProxyVConfig):
         super().__init__(config)
-        start, num_layers = config.proxyv_start_layer, config.num_hidden_layers
-        for index in range(start, num_layers):
-            self.layers[index] = ProxyVDecoderLayer(config, index)
+        start, num_layers, variant = config.proxyv_start_layer, config.num_hidden_layers, config.proxyv_variant
+        if variant != "mask_vision_attention":  # the masked variant keeps ordinary layers
+            for index in range(start, num_layers):
+                self.layers[index] = ProxyVDecoderLayer(config, index)
         reduced = reduced_hidden_size(config.hidden_size, config.hidden_size_reduce_factor)
+        mlp_class = {"proxyv": VisionMLP, "vision_mlp": UnguidedVisionMLP}.get(variant)
         self.vision_mlp_layers = nn.ModuleList(
-            VisionMLP(config.hidden_size, reduced, config.rms_norm_eps) for _ in range(num_layers - start)
-        )
+            mlp_class(config.hidden_size, reduced, config.rms_norm_eps) for _ in range(num_layers - start)
+        ) if mlp_class else nn.ModuleList()
         if config.learn_proxy:
             self.proxyv_initializer = LearnedProxyInitializer(config.hidden_size, reduced, config.num_proxies_per_crop)
         self.post_init()
@@ -111,21 +157,47 @@ class LlavaProxyVLlamaModel(LlavaLlamaModel):
         inputs' device (the FLOP counter on meta, where index values do not exist) passes it in.
         """
         start = self.config.proxyv_start_layer
-        if multimodal_layout is None or multimodal_layout.num_crops == 0 or start >= self.config.num_hidden_layers:
-            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                   past_key_values=past_key_values, inputs_embeds=inputs_embeds,
-                                   use_cache=use_cache, **kwargs)
+        has_crops = multimodal_layout is not None and multimodal_layout.num_crops > 0
+        if not has_crops or start >= self.config.num_hidden_layers:
+            output = super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                     past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+                                     use_cache=use_cache, **kwargs)
+            if self.training and not has_crops:
+                output.last_hidden_state = output.last_hidden_state + self._unused_vision_modules_term(
+                    output.last_hidden_state)
+            return output
         if inputs_embeds is None:
             raise ValueError("The ProxyV prefill takes inputs_embeds built by the multimodal layout step.")
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         hidden = self._standard_layers(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, **kwargs)
+        if self.config.proxyv_variant == "mask_vision_attention":
+            hidden = self._vision_masked_layers(hidden, multimodal_layout, past_key_values, use_cache, **kwargs)
+            return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden),
+                                           past_key_values=past_key_values if use_cache else None)
         if proxyv_plan is None:
-            proxyv_plan = build_proxyv_plan(multimodal_layout, self.config.num_proxies_per_crop, hidden.dtype)
+            proxyv_plan = build_proxyv_plan(multimodal_layout, self.config.decoder_proxies_per_crop, hidden.dtype)
         hidden = self._proxyv_layers(hidden, proxyv_plan, past_key_values)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden),
                                        past_key_values=past_key_values if use_cache else None)
+
+    def _unused_vision_modules_term(self, reference: torch.Tensor) -> torch.Tensor:
+        """0 * (every guided-update module and the learned-proxy initializer on one zero token): a
+        training batch without images still touches them, so ZeRO-3 ranks gather the same parameters
+        each step (ranks that diverge hang) and they get a zero gradient, not None."""
+        zero = reference.new_zeros(1, 1, reference.shape[-1])  # [1, 1, D]
+        term = reference.new_zeros(())
+        for vision_mlp in self.vision_mlp_layers:
+            if isinstance(vision_mlp, VisionMLP):
+                guidance = vision_mlp.context_proj(zero)  # [1, 1, d_m]
+                term = term + vision_mlp(zero, guidance).sum()
+            else:
+                term = term + vision_mlp(zero).sum()
+        if self.config.learn_proxy:
+            proxies, assignment = self.proxyv_initializer(zero)
+            term = term + proxies.sum() + assignment.sum()
+        return 0 * term
 
     def _standard_layers(self, hidden, attention_mask, position_ids, past_key_values, use_cache, **kwargs):
         """Layers 0 .. s-1 over the natural sequence, exactly as the baseline runs them."""
@@ -137,20 +209,45 @@ class LlavaProxyVLlamaModel(LlavaLlamaModel):
                            position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache, **kwargs)
         return hidden
 
+    def _vision_masked_layers(self, hidden, layout: MultimodalLayout, past_key_values, use_cache, **kwargs):
+        """Layers s .. L-1 of `mask_vision_attention`: ordinary layers, vision queries blind to other vision keys."""
+        if self.config._attn_implementation == "flash_attention_2":
+            raise ValueError("proxyv_variant 'mask_vision_attention' needs an arbitrary attention mask, which "
+                             "flash-attention cannot take; load the model with attn_implementation='sdpa'.")
+        mask = additive_mask(vision_masked_visibility(layout), hidden.dtype)  # [B, 1, T, T]
+        position_embeddings = self.rotary_emb(hidden, position_ids=layout.position_ids)
+        for layer in self.layers[self.config.proxyv_start_layer :]:
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings,
+                           position_ids=layout.position_ids, past_key_values=past_key_values, use_cache=use_cache,
+                           **kwargs)
+        return hidden
+
     def _proxyv_layers(self, hidden, plan: ProxyVPlan, past_key_values):
         """Create the proxies entering layer s, then run every ProxyV layer on the two streams."""
         config = self.config
+        proxy_stream, assignment = self._entering_proxies(hidden, plan)  # [B, P, D], [N, G, n] or None
+        num_proxyv_layers = config.num_hidden_layers - config.proxyv_start_layer
+        vision_mlps = list(self.vision_mlp_layers) or [None] * num_proxyv_layers  # None: the layer's own FFN
+        for layer, vision_mlp in zip(self.layers[config.proxyv_start_layer :], vision_mlps):
+            hidden, proxy_stream = layer(hidden, proxy_stream, assignment, proxyv_plan=plan, vision_mlp=vision_mlp,
+                                         rotary=self.rotary_emb, past_key_values=past_key_values)
+        return hidden
+
+    def _entering_proxies(self, hidden, plan: ProxyVPlan):
+        """The proxy stream [B, P, D] entering layer s and, for learned proxies, A [N, G, n].
+
+        The study variants `skip_vision_attention` / `vision_mlp` have no proxies: an empty stream.
+        """
+        config = self.config
+        if config.proxyv_variant != "proxyv":
+            return hidden.new_zeros(hidden.shape[0], 0, hidden.shape[-1]), None
         full = plan.gather_full(hidden)  # [N, G, D]
         if config.learn_proxy:
             proxies, assignment = self.proxyv_initializer(full)  # [N, n, D], [N, G, n]
         else:
             proxies = spatial_proxies(full, config.image_token_len_per_side, config.proxy_grid_size)
             assignment = None
-        proxy_stream = plan.arrange_proxies(proxies, hidden.shape[0])  # [B, P, D]
-        for layer, vision_mlp in zip(self.layers[config.proxyv_start_layer :], self.vision_mlp_layers):
-            hidden, proxy_stream = layer(hidden, proxy_stream, assignment, proxyv_plan=plan, vision_mlp=vision_mlp,
-                                         rotary=self.rotary_emb, past_key_values=past_key_values)
-        return hidden
+        return plan.arrange_proxies(proxies, hidden.shape[0]), assignment
 
 
 class LlavaProxyVLlamaForCausalLM(LlavaLlamaForCausalLM):

@@ -8,6 +8,7 @@ def build_vision_tower(config) -> CLIPVisionTower:
 
     A config that carries `mm_vision_tower_config` (our checkpoints do) builds the tower's
     architecture without reading `mm_vision_tower`, so a saved checkpoint is self-contained.
+    The tower runs with the LLaVA config's attention implementation and its VisionZip options.
     """
     name = getattr(config, "mm_vision_tower", None)
     if not name:
@@ -17,4 +18,8 @@ def build_vision_tower(config) -> CLIPVisionTower:
         select_layer=getattr(config, "mm_vision_select_layer", -2),
         select_feature=getattr(config, "mm_vision_select_feature", "patch") or "patch",
         vision_config=getattr(config, "mm_vision_tower_config", None),
+        attn_implementation=getattr(config, "_attn_implementation", None),
+        token_reduction=getattr(config, "vision_token_reduction", None),
+        visionzip_dominant=getattr(config, "visionzip_dominant", 360),
+        visionzip_contextual=getattr(config, "visionzip_contextual", 40),
     )

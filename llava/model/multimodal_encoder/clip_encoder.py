@@ -1,7 +1,9 @@
 """CLIP vision tower: patch features of one hidden layer, CLS dropped, frozen by default.
 
 The tower is an ordinary transformers `CLIPVisionModel` held as `self.vision_tower`, so LLaVA
-checkpoints find its weights under `model.vision_tower.vision_tower.vision_model.*`.
+checkpoints find its weights under `model.vision_tower.vision_tower.vision_model.*`. It runs with the
+LLaVA model's attention implementation. With `token_reduction="visionzip"` each crop's patches are
+reduced to `visionzip_dominant + visionzip_contextual` tokens (`llava.model.reduction.visionzip`).
 """
 
 import logging
@@ -10,6 +12,12 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from ..reduction.visionzip import (
+    VISION_TOKEN_REDUCTIONS,
+    check_visionzip_counts,
+    cls_attention_and_keys,
+    visionzip_select,
+)
 from ..zero3_params import copy_into, full_state
 
 logger = logging.getLogger(__name__)
@@ -26,6 +34,10 @@ class CLIPVisionTower(nn.Module):
         select_layer: int = -2,
         select_feature: str = "patch",
         vision_config: dict | None = None,
+        attn_implementation: str | None = None,
+        token_reduction: str | None = None,
+        visionzip_dominant: int = 360,
+        visionzip_contextual: int = 40,
     ):
         super().__init__()
         if select_feature not in SELECT_FEATURES:
@@ -39,9 +51,23 @@ class CLIPVisionTower(nn.Module):
             config = CLIPVisionConfig(**vision_config)
         else:
             config = CLIPVisionConfig.from_pretrained(vision_tower_name)
+        if attn_implementation is not None:
+            config._attn_implementation = attn_implementation
         # Weights come from the LLaVA checkpoint or from `load_pretrained_weights()`.
         self.vision_tower = CLIPVisionModel(config)
         self.vision_tower.requires_grad_(False)
+        self._init_token_reduction(token_reduction, visionzip_dominant, visionzip_contextual)
+
+    def _init_token_reduction(self, token_reduction, dominant: int, contextual: int) -> None:
+        if token_reduction is not None and token_reduction not in VISION_TOKEN_REDUCTIONS:
+            raise ValueError(f"Unknown vision_token_reduction '{token_reduction}'. Known: {', '.join(VISION_TOKEN_REDUCTIONS)}.")
+        if token_reduction is not None and self.select_feature != "patch":
+            raise ValueError("vision_token_reduction 'visionzip' needs mm_vision_select_feature 'patch'.")
+        self.token_reduction = token_reduction
+        self.visionzip_counts = (dominant, contextual)
+        if token_reduction is not None:
+            check_visionzip_counts(dominant, contextual, self.num_patches)
+            self._selected_index()  # fails early on a select layer with no encoder layer behind it
 
     def load_pretrained_weights(self) -> None:
         """Load the tower's own weights from `vision_tower_name` (a local folder or a hub name)."""
@@ -71,6 +97,18 @@ class CLIPVisionTower(nn.Module):
         return self.num_patches_per_side**2
 
     @property
+    def num_output_tokens(self) -> int:
+        """Tokens per crop this tower returns: g*g, or the VisionZip counts."""
+        return sum(self.visionzip_counts) if self.token_reduction else self.num_patches
+
+    def _selected_index(self) -> int:
+        """Index of the selected layer in `hidden_states` (0 = embeddings, i = output of encoder layer i-1)."""
+        count = self.config.num_hidden_layers + 1
+        if not -count <= self.select_layer < count or self.select_layer % count == 0:
+            raise ValueError(f"VisionZip needs mm_vision_select_layer to be an encoder layer's output, got {self.select_layer}.")
+        return self.select_layer % count
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.vision_tower.dtype
 
@@ -78,6 +116,11 @@ class CLIPVisionTower(nn.Module):
         """[N, 3, H, W] -> [N, g*g, d_vis] (or [N, 1+g*g, d_vis] for `cls_patch`)."""
         outputs = self.vision_tower(pixel_values.to(self.dtype), output_hidden_states=True)
         features = outputs.hidden_states[self.select_layer]  # [N, 1+g*g, d_vis]
+        if self.token_reduction == "visionzip":
+            index = self._selected_index()
+            layer = self.vision_tower.encoder.layers[index - 1]
+            cls_attention, keys = cls_attention_and_keys(layer, outputs.hidden_states[index - 1])  # [N, G], [N, G, hd]
+            return visionzip_select(features[:, 1:], cls_attention, keys, *self.visionzip_counts)
         if self.select_feature == "patch":
             features = features[:, 1:]
         return features

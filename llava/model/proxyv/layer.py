@@ -4,7 +4,9 @@ Without a plan (decoding steps, text-only batches) it is the ordinary Llama laye
 does DESIGN.md section 4 steps 1-5: RMSNorm on both streams; attention whose queries are the
 light stream (text, newlines, proxies) and whose keys/values are the full tokens as they enter
 the layer plus the light stream; residual + FFN on the light stream only; the guided update of the
-full stream by this layer's `VisionMLP`. The KV cache receives the natural sequence's keys and
+full stream by this layer's `VisionMLP`. The study variants `skip_vision_attention` (zero proxies,
+the full stream goes through the layer's FFN) and `vision_mlp` (zero proxies, an unguided MLP) run
+the same forward with a different full-stream update. The KV cache receives the natural sequence's keys and
 values (never the proxies), so decoding afterwards is ordinary attention.
 """
 
@@ -14,7 +16,7 @@ import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, eager_attention_forward, rotate_half
 
-from .modules import VisionMLP, proxy_guidance
+from .modules import UnguidedVisionMLP, VisionMLP, proxy_guidance
 from .plan import ProxyVPlan
 
 logger = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ class ProxyVDecoderLayer(LlamaDecoderLayer):
     """Llama decoder layer with the two-stream ProxyV forward."""
 
     def forward(self, hidden_states, proxy_states=None, assignment=None, proxyv_plan: ProxyVPlan | None = None,
-                vision_mlp: VisionMLP | None = None, rotary=None, **kwargs):
+                vision_mlp: VisionMLP | UnguidedVisionMLP | None = None, rotary=None, **kwargs):
         """Ordinary layer when `proxyv_plan` is None; else returns `(hidden [B,T,D], proxies [B,P,D])`.
 
         Tensors that need gradients (hidden states, proxies, the learned assignment A) are
@@ -65,12 +67,22 @@ class ProxyVDecoderLayer(LlamaDecoderLayer):
 
         new_proxies = light[:, plan.num_light_slots :]  # [B, P, D]
         full = plan.gather_full(hidden)  # [N, G, D] entering this layer
+        hidden = plan.scatter_light(hidden, light[:, : plan.num_light_slots])
+        hidden = plan.scatter_full(hidden, self._update_full(full, new_proxies, assignment, plan, vision_mlp))
+        return hidden, new_proxies
+
+    def _update_full(self, full, new_proxies, assignment, plan, vision_mlp):
+        """The full stream's update, [N, G, D] -> [N, G, D]: ProxyV's guided `VisionMLP` (step 4); the
+        study variants' `UnguidedVisionMLP`; or, with no module (`skip_vision_attention`), this layer's
+        own FFN with its residual, as if the attention had added nothing."""
+        if vision_mlp is None:
+            return full + self.mlp(self.post_attention_layernorm(full))
+        if isinstance(vision_mlp, UnguidedVisionMLP):
+            return vision_mlp(full)
         config = self.self_attn.config
         context = vision_mlp.context_proj(plan.crop_proxies(new_proxies))  # [N, n, d_m]
         guidance = proxy_guidance(context, assignment, config.proxy_grid_size, config.proxyv_reduce_factor)
-        hidden = plan.scatter_light(hidden, light[:, : plan.num_light_slots])
-        hidden = plan.scatter_full(hidden, vision_mlp(full, guidance))
-        return hidden, new_proxies
+        return vision_mlp(full, guidance)
 
     def _attend(self, query_in, key_in, plan, rotary, past_key_values, seq_len):
         """Attention of light+proxy queries over natural+proxy keys; caches the natural keys/values."""

@@ -1,4 +1,5 @@
-"""ProxyV's parameterised pieces: proxy creation (spatial or learned) and the guided-update `VisionMLP`.
+"""ProxyV's parameterised pieces: proxy creation (spatial or learned), the guided-update `VisionMLP`
+and, for the `vision_mlp` study variant, its guidance-free counterpart `UnguidedVisionMLP`.
 
 Parameter names follow the authors' release (DESIGN.md section 5): `proxyv_initializer.Wk`,
 `proxyv_initializer.proxyv_tokens`, `vision_mlp_layers.{i}.{input_proj,context_proj,proj.0,proj.2,
@@ -85,3 +86,22 @@ class VisionMLP(nn.Module):
         """full_states [N, G, D], guidance [N, G, d_m] (already through context_proj) -> [N, G, D]."""
         mixed = torch.cat([self.input_proj(full_states), guidance], dim=-1)  # [N, G, 2 d_m]
         return self.layernorm_post(self.proj(mixed) + full_states)
+
+
+class UnguidedVisionMLP(nn.Module):
+    """The `vision_mlp` study variant's per-layer update of the vision tokens: `VisionMLP` without guidance.
+
+    Dropping G from `W_1 [V W_in ; G]` leaves the single linear map `W_1 W_in`: d -> d_m, so the module
+    is V' = RMSNorm_post(W_2 SiLU(W_1 V) + V) with W_1: d -> d_m, W_2: d_m -> d, no biases, the
+    LLM's RMSNorm eps; d_m as for ProxyV (`reduced_hidden_size`).
+    """
+
+    def __init__(self, hidden_size: int, reduced_size: int, rms_norm_eps: float):
+        super().__init__()
+        self.input_proj = nn.Linear(hidden_size, reduced_size, bias=False)
+        self.output_proj = nn.Linear(reduced_size, hidden_size, bias=False)
+        self.layernorm_post = LlamaRMSNorm(hidden_size, eps=rms_norm_eps)
+
+    def forward(self, full_states: torch.Tensor) -> torch.Tensor:
+        """[N, G, D] -> [N, G, D]."""
+        return self.layernorm_post(self.output_proj(F.silu(self.input_proj(full_states))) + full_states)

@@ -1,0 +1,1 @@
+"""Token-reduction baselines the paper compares ProxyV with: VisionZip and PyramidDrop."""

@@ -1,0 +1,192 @@
+"""Data pre-flight: `python -m llava.train.check_data --data_path a.json,b.jsonl --image_folder DIR`.
+
+Reads every record and fully decodes every image once, and reports per problem kind how many
+records are affected and which ids (JSON syntax errors by file and line). With
+`--model_name_or_path` (for its tokenizer) it also finds records whose supervised part would be
+truncated away at `--model_max_length`. The checks are `llava.train.record_checks`, the same the
+training dataset applies. Exit status: 0 when the share of unusable records is at most
+`--max_bad_sample_fraction` (the data is usable), 1 when it is higher, 2 when a path is wrong.
+`check_training_paths` is the same kind of early check for `train.py`'s path flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from llava.train.data import read_records, tokens_kept
+from llava.train.preprocess import tokenize_conversation
+from llava.train.record_checks import (
+    NOTICE_KINDS,
+    PROBLEM_KINDS,
+    BadRecord,
+    check_image_file,
+    check_record,
+    record_id,
+    record_image_paths,
+)
+
+MAX_IDS_SHOWN = 10
+
+
+@dataclass
+class TokenBudget:
+    """What the truncation check needs: the tokenizer, template and expanded length per image."""
+
+    tokenizer: object
+    template: str
+    model_max_length: int
+    image_tokens: int
+
+
+@dataclass
+class DataReport:
+    records: int = 0
+    problems: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # kind -> ids / places
+    notices: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    @property
+    def bad(self) -> int:
+        return sum(len(ids) for ids in self.problems.values())
+
+    def usable(self, max_bad_fraction: float) -> bool:
+        return self.bad <= max_bad_fraction * max(self.records, 1)
+
+    def lines(self) -> list[str]:
+        out = [f"{self.records} records read, {self.bad} unusable."]
+        for title, table, kinds in (("PROBLEM", self.problems, PROBLEM_KINDS), ("notice", self.notices, NOTICE_KINDS)):
+            for kind, ids in sorted(table.items()):
+                shown = ", ".join(ids[:MAX_IDS_SHOWN]) + (" ..." if len(ids) > MAX_IDS_SHOWN else "")
+                out.append(f"{title} {kind} ({kinds[kind]}): {len(ids)} -> {shown}")
+        return out
+
+
+def _check_images(record: dict, image_folder: str, cache: dict) -> list[tuple[str, str]]:
+    """Notices (kind, text) about the record's images; raises BadRecord for the first unusable one."""
+    notices = []
+    for path in record_image_paths(record):
+        full_path = os.path.join(image_folder, path)
+        if full_path not in cache:
+            try:
+                cache[full_path] = check_image_file(full_path)
+            except BadRecord as error:
+                cache[full_path] = error
+        outcome = cache[full_path]
+        if isinstance(outcome, BadRecord):
+            raise outcome
+        if outcome.unusual_mode:
+            notices.append(("unusual_mode", f"{path}: {outcome.mode}"))
+        if outcome.huge:
+            notices.append(("huge_image", f"{path}: {outcome.width}x{outcome.height}"))
+    return notices
+
+
+def _check_budget(record: dict, budget: TokenBudget) -> None:
+    paths = record_image_paths(record)
+    try:
+        input_ids, labels = tokenize_conversation(record["conversations"], budget.tokenizer, budget.template,
+                                                  bool(paths))
+    except ValueError as error:
+        raise BadRecord("tokenization", str(error)) from error
+    tokens_kept(input_ids, labels, [budget.image_tokens] * len(paths), budget.model_max_length)
+
+
+def check_data(data_path: str, image_folder: str | None, budget: TokenBudget | None = None) -> DataReport:
+    """Every record of the comma-separated files, checked; a record counts once, under its first problem."""
+    report, cache = DataReport(), {}
+    for path in [p.strip() for p in data_path.split(",") if p.strip()]:
+        records, file_problems = read_records(path)
+        for problem in file_problems:
+            report.records += 1
+            report.problems[problem.kind].append(problem.where)
+        for index, record in enumerate(records):
+            report.records += 1
+            name = record_id(record, index)
+            name = f"{path}{name}" if name.startswith("#") else name  # an id-less record: file and position
+            try:
+                check_record(record)
+                for kind, text in _check_images(record, image_folder or "", cache):
+                    report.notices[kind].append(f"{name} ({text})")
+                if budget is not None:
+                    _check_budget(record, budget)
+            except BadRecord as error:
+                report.problems[error.kind].append(name)
+                logging.getLogger(__name__).debug("%s: %s", name, error)
+    return report
+
+
+class TrainingSetupError(ValueError):
+    """A training flag that points nowhere usable; `train.py` prints it as one line."""
+
+
+def _local_or_hub(path: str, flag: str) -> None:
+    if os.path.exists(path):
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+            raise TrainingSetupError(f"{flag} {path} has no config.json; point it at a saved model folder.")
+    elif path.startswith(("/", ".", "~")) or path.count("/") != 1:
+        raise TrainingSetupError(f"{flag} {path} does not exist (and is not a hub name like 'org/name'); fix the path.")
+
+
+def check_training_paths(model_name_or_path: str, vision_tower: str | None, data_path: str,
+                         image_folder: str | None) -> None:
+    """Fail before anything loads when a path flag of `train.py` points nowhere; raises TrainingSetupError."""
+    _local_or_hub(model_name_or_path, "--model_name_or_path")
+    if vision_tower:
+        _local_or_hub(vision_tower, "--vision_tower")
+    for path in [p.strip() for p in data_path.split(",") if p.strip()] or [data_path]:
+        if not os.path.isfile(path):
+            raise TrainingSetupError(f"--data_path {path} is not a file; give LLaVA .json / .jsonl files, comma-separated.")
+    if image_folder and not os.path.isdir(image_folder):
+        raise TrainingSetupError(f"--image_folder {image_folder} is not a folder; give the folder the image paths "
+                                 "in the data are relative to.")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_path", required=True, help="comma-separated LLaVA .json / .jsonl files")
+    parser.add_argument("--image_folder", default=None, help="folder the records' image paths are relative to")
+    parser.add_argument("--model_name_or_path", default=None, help="model whose tokenizer checks truncation")
+    parser.add_argument("--version", default="v1", help="conversation template, as in training")
+    parser.add_argument("--model_max_length", type=int, default=2048)
+    parser.add_argument("--image_tokens", type=int, default=577,
+                        help="tokens one image expands to (crops x (tokens per crop + 1)); 577 is one 336px crop")
+    parser.add_argument("--max_bad_sample_fraction", type=float, default=0.01)
+    parser.add_argument("--report_json", default=None, help="also write the report here as JSON")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.image_folder and not os.path.isdir(args.image_folder):
+        print(f"--image_folder {args.image_folder} is not a folder; give the folder the image paths are relative to.")
+        return 2
+    budget = None
+    if args.model_name_or_path:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+        budget = TokenBudget(tokenizer, args.version, args.model_max_length, args.image_tokens)
+    try:
+        report = check_data(args.data_path, args.image_folder, budget)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"Cannot check the data: {error}")
+        return 2
+    print("\n".join(report.lines()))
+    if args.report_json:
+        with open(args.report_json, "w", encoding="utf-8") as handle:
+            json.dump({"records": report.records, "problems": report.problems, "notices": report.notices}, handle,
+                      indent=1)
+    usable = report.usable(args.max_bad_sample_fraction)
+    print("The data is usable." if usable else
+          f"The data is NOT usable: more than {args.max_bad_sample_fraction:g} of the records are bad; fix or drop them.")
+    return 0 if usable else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
