@@ -216,7 +216,10 @@ def analytic_prefill_flops(config, text_tokens: int, crops: int) -> dict[str, in
     proxyv = getattr(config, "proxyv_start_layer", None) is not None
     variant = getattr(config, "proxyv_variant", "proxyv")
     proxies = config.num_proxies_per_crop if proxyv and variant == "proxyv" else 0
-    seq = SequenceShape(text_tokens, crops, grid * grid, proxies)
+    tokens_per_crop = grid * grid
+    if getattr(config, "vision_token_reduction", None) == "visionzip":  # the LLM sees the kept tokens only
+        tokens_per_crop = config.visionzip_dominant + config.visionzip_contextual
+    seq = SequenceShape(text_tokens, crops, tokens_per_crop, proxies)
     reduced = reduced_hidden_size(config.hidden_size, config.hidden_size_reduce_factor) if proxyv else 0
     start = config.proxyv_start_layer if proxyv else None
     return {

@@ -67,7 +67,7 @@ class Variant:
     config: LlavaConfig
     model_class: type
     start_layer: int | None = None
-    analytic: bool = True  # llava.eval.flops has a formula for it (baseline, ProxyV); else llm_flops_analytic is None
+    analytic: bool = True  # llava.eval.flops has a formula for it (all but PyramidDrop); else llm_flops_analytic is None
 
 
 # ----------------------------------------------------------------------------- configs and inputs
@@ -125,7 +125,7 @@ def _visionzip_options(spec: ModelSpec) -> dict:
 def visionzip_family(request: VariantRequest) -> list[Variant]:
     """VisionZip on the baseline decoder."""
     config = LlavaConfig(**request.values, **_visionzip_options(request.spec))
-    return [Variant(request.spec, "visionzip", config, LlavaLlamaForCausalLM, analytic=False)]
+    return [Variant(request.spec, "visionzip", config, LlavaLlamaForCausalLM)]
 
 
 def pyramid_drop_family(request: VariantRequest) -> list[Variant]:
@@ -144,7 +144,7 @@ def visionzip_proxyv_family(request: VariantRequest) -> list[Variant]:
     spec, start = request.spec, request.depth // 2
     config = LlavaProxyVConfig(**request.values, **spec.proxyv_options, **_visionzip_options(spec),
                                proxyv_start_layer=start, learn_proxy=True, per_crop_token_len=spec.tokens_per_crop)
-    return [Variant(spec, "visionzip+proxyv", config, LlavaProxyVLlamaForCausalLM, start, analytic=False)]
+    return [Variant(spec, "visionzip+proxyv", config, LlavaProxyVLlamaForCausalLM, start)]
 
 
 def study_family(variant: str):

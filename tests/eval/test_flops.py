@@ -112,3 +112,18 @@ def test_proxyv_layer_parts_for_vicuna_7b():
     assert parts["context_proj"] == 2 * 180 * 4096 * 1024
     assert parts["guidance"] == 0
 
+
+
+@pytest.mark.parametrize("spec_name", ["tiny", "vicuna-7b"])
+def test_visionzip_rows_counter_equals_analytic(spec_name):
+    """VisionZip's LLM sees dominant + contextual tokens per crop: the baseline / non-spatial ProxyV
+    formulas with that crop length. (Its tower also recomputes the CLS attention, which the
+    analytic tower count leaves out, so only the later stages are compared.)"""
+    spec = preset_spec(spec_name)
+    for variant in build_variants(spec, [], None, False, ("visionzip", "visionzip+proxyv")):
+        if variant.name == "baseline":
+            continue
+        counted = meta_count(variant, 50, 5)
+        analytic = analytic_prefill_flops(variant.config, 50, 5)
+        for part in ("projector_flops", "llm_flops", "lm_head_flops"):
+            assert counted[part] == analytic[part], (variant.name, part)
