@@ -163,6 +163,25 @@ def llm_prefill_flops(shape: DecoderShape, seq: SequenceShape, num_layers: int, 
     return total
 
 
+def pyramid_drop_llm_flops(shape: DecoderShape, seq: SequenceShape, num_layers: int, drop_layers: list[int],
+                           ratio: float) -> int:
+    """PyramidDrop's decoder: ordinary layers over a sequence that loses vision tokens after each
+    layer count in `drop_layers` (floor(ratio * remaining) kept), plus each drop's ranking: the
+    instruction token's query and every token's key in the next layer, and one row of scores."""
+    tokens, vision, total = seq.total, seq.full, 0
+    stage_starts = [0, *drop_layers]
+    stage_ends = [*drop_layers, num_layers]
+    for index, (begin, end) in enumerate(zip(stage_starts, stage_ends, strict=True)):
+        if index > 0:  # the drop entering this stage ranks the current tokens first
+            total += linear_flops(1, shape.hidden_size, shape.hidden_size)  # q of the instruction token
+            total += linear_flops(tokens, shape.hidden_size, shape.kv_size)  # keys of every token
+            total += 2 * shape.num_heads * shape.head_dim * tokens  # its scores over them
+            kept = int(vision * ratio)
+            tokens, vision = tokens - vision + kept, kept
+        total += (end - begin) * baseline_layer_flops(shape, tokens)
+    return total
+
+
 def lm_head_flops(shape: DecoderShape, tokens: int = 1) -> int:
     """Logits of the last `tokens` positions (1 for a generation prefill: logits_to_keep=1)."""
     return linear_flops(tokens, shape.hidden_size, shape.vocab_size)
@@ -222,12 +241,15 @@ def analytic_prefill_flops(config, text_tokens: int, crops: int) -> dict[str, in
     seq = SequenceShape(text_tokens, crops, tokens_per_crop, proxies)
     reduced = reduced_hidden_size(config.hidden_size, config.hidden_size_reduce_factor) if proxyv else 0
     start = config.proxyv_start_layer if proxyv else None
+    drop_layers = getattr(config, "pyramid_drop_layers", None)
     return {
         "vision_flops": clip_tower_flops(vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers,
                                          vision.image_size, vision.patch_size, crops, vision.num_channels),
         "projector_flops": mlp_projector_flops(vision.hidden_size, config.hidden_size,
                                                _projector_depth(config.mm_projector_type), seq.full),
-        "llm_flops": llm_prefill_flops(shape, seq, config.num_hidden_layers, start, reduced,
-                                       bool(getattr(config, "learn_proxy", False)), variant),
+        "llm_flops": pyramid_drop_llm_flops(shape, seq, config.num_hidden_layers, drop_layers,
+                                            config.pyramid_drop_ratio) if drop_layers else
+        llm_prefill_flops(shape, seq, config.num_hidden_layers, start, reduced,
+                          bool(getattr(config, "learn_proxy", False)), variant),
         "lm_head_flops": lm_head_flops(shape, 1),
     }

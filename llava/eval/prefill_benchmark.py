@@ -67,7 +67,6 @@ class Variant:
     config: LlavaConfig
     model_class: type
     start_layer: int | None = None
-    analytic: bool = True  # llava.eval.flops has a formula for it (all but PyramidDrop); else llm_flops_analytic is None
 
 
 # ----------------------------------------------------------------------------- configs and inputs
@@ -136,7 +135,7 @@ def pyramid_drop_family(request: VariantRequest) -> list[Variant]:
     paper_layers, ratio = PYRAMID_DROP_PAPER
     layers = sorted({min(max(round(layer * depth / PAPER_DEPTH), 1), depth - 1) for layer in paper_layers})
     config = LlavaConfig(**request.values, pyramid_drop_layers=layers, pyramid_drop_ratio=ratio)
-    return [Variant(request.spec, "pyramiddrop", config, LlavaPyramidDropLlamaForCausalLM, layers[0], analytic=False)]
+    return [Variant(request.spec, "pyramiddrop", config, LlavaPyramidDropLlamaForCausalLM, layers[0])]
 
 
 def visionzip_proxyv_family(request: VariantRequest) -> list[Variant]:
@@ -485,8 +484,8 @@ def flops_row(variant: Variant, dtype: torch.dtype, text_tokens: int, crops: int
     meta_model = build_model(variant, "meta", dtype, "sdpa")
     input_ids = make_input_ids(variant.config.vocab_size, text_tokens)
     flops = count_prefill_flops(meta_model, input_ids, make_images(variant.spec, crops, "meta", dtype))
-    analytic = analytic_prefill_flops(variant.config, text_tokens, crops) if variant.analytic else {"llm_flops": None}
-    if variant.analytic and analytic["llm_flops"] != flops["llm_flops"]:
+    analytic = analytic_prefill_flops(variant.config, text_tokens, crops)
+    if analytic["llm_flops"] != flops["llm_flops"]:
         logger.warning("%s %s s=%s: counted LLM FLOPs %d differ from the analytic %d", variant.spec.name,
                        variant.name, variant.start_layer, flops["llm_flops"], analytic["llm_flops"])
     row = {"model": variant.spec.name, "variant": variant.name, "proxyv_start_layer": variant.start_layer,

@@ -115,12 +115,13 @@ def test_proxyv_layer_parts_for_vicuna_7b():
 
 
 @pytest.mark.parametrize("spec_name", ["tiny", "vicuna-7b"])
-def test_visionzip_rows_counter_equals_analytic(spec_name):
+def test_reduction_rows_counter_equals_analytic(spec_name):
     """VisionZip's LLM sees dominant + contextual tokens per crop: the baseline / non-spatial ProxyV
     formulas with that crop length. (Its tower also recomputes the CLS attention, which the
-    analytic tower count leaves out, so only the later stages are compared.)"""
+    analytic tower count leaves out, so only the later stages are compared.) PyramidDrop: ordinary
+    layers over shrinking stages plus each drop's ranking."""
     spec = preset_spec(spec_name)
-    for variant in build_variants(spec, [], None, False, ("visionzip", "visionzip+proxyv")):
+    for variant in build_variants(spec, [], None, False, ("visionzip", "visionzip+proxyv", "pyramiddrop")):
         if variant.name == "baseline":
             continue
         counted = meta_count(variant, 50, 5)
