@@ -90,10 +90,13 @@ class LlavaMetaForCausalLM:
             raise ValueError(f"Got {len(crops)} images but {len(image_sizes)} image_sizes; give one size per image.")
         if crops and self.get_vision_tower() is None:
             raise ValueError("Images were given but the model has no vision tower (config.mm_vision_tower is empty).")
-        image_features = []
+        image_features, unused_term = [], None
         if crops:
             features = self.encode_images(torch.cat(crops, dim=0))  # [sum C, g*g, D]
             image_features = list(features.split([c.shape[0] for c in crops], dim=0))
+        elif self.training and self.get_vision_tower() is not None:
+            # Where an image batch encodes its crops, so every rank runs the modules in the same order.
+            unused_term = self._unused_vision_path_term(input_ids.device)
         newline = getattr(self.model, "image_newline", None)
         embeds, labels, layout = build_multimodal_sequence(
             input_ids,
@@ -105,22 +108,22 @@ class LlavaMetaForCausalLM:
             padding_side=padding_side,
             newline_scheme=self.config.image_newline_positions,
         )
-        if self.training and not crops and self.get_vision_tower() is not None:
-            embeds = embeds + self._unused_vision_path_term(embeds)
+        if unused_term is not None:
+            embeds = embeds + unused_term.to(embeds.dtype)
         return embeds, labels, layout
 
-    def _unused_vision_path_term(self, embeds: torch.Tensor) -> torch.Tensor:
+    def _unused_vision_path_term(self, device: torch.device) -> torch.Tensor:
         """0 * (tower + projector on a blank crop, + image newline): a training batch without images
         still touches every multimodal parameter, so ZeRO-3 ranks gather the same parameters each
         step (ranks that diverge hang) and those parameters get a zero gradient, not None."""
         tower = self.get_vision_tower()
         size = tower.config.image_size
-        blank = torch.zeros(1, 3, size, size, dtype=tower.dtype, device=embeds.device)  # [1, 3, H, W]
+        blank = torch.zeros(1, 3, size, size, dtype=tower.dtype, device=device)  # [1, 3, H, W]
         term = self.encode_images(blank).sum()
         newline = getattr(self.model, "image_newline", None)
         if newline is not None:
             term = term + newline.sum()
-        return (0 * term).to(embeds.dtype)
+        return 0 * term
 
     @staticmethod
     def has_image_placeholders(input_ids: torch.Tensor | None) -> bool:

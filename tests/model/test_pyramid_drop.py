@@ -54,9 +54,10 @@ def _causal(positions):
     return additive_mask(position_causal_visibility(positions[None], torch.ones_like(positions)[None]), torch.float32)
 
 
-def reference_forward(model, input_ids, images):
+def reference_forward(model, input_ids, images, instruction: int = -1):
     """Hand loop over the layers for one sample: at each drop layer rank the vision tokens by the
-    eager attention weights of the last token (mean over heads) and keep the best `RATIO`."""
+    eager attention weights of the instruction token (mean over heads; by default the last token,
+    else the expanded-sequence index `instruction`) and keep the best `RATIO`."""
     embeds, _, layout = model.prepare_inputs_labels_for_multimodal(input_ids, None, None, images)
     inner, hidden = model.model, embeds[0]
     tokens = list(range(hidden.shape[0]))
@@ -68,7 +69,8 @@ def reference_forward(model, input_ids, images):
         rotary = inner.rotary_emb(hidden[None], positions[None])
         if index in DROP_LAYERS:
             _, weights = layer.self_attn(layer.input_layernorm(hidden[None]), rotary, _causal(positions))
-            scores = weights[0, :, -1].mean(0)  # the last (instruction) token's attention
+            query_slot = -1 if instruction < 0 else tokens.index(instruction)
+            scores = weights[0, :, query_slot].mean(0)  # the instruction token's attention
             vision = [slot for slot, token in enumerate(tokens) if is_vision[token]]
             best = sorted(vision, key=lambda slot: -float(scores[slot]))[: int(len(vision) * RATIO)]
             keep = sorted([slot for slot, token in enumerate(tokens) if not is_vision[token]] + best)
@@ -92,6 +94,22 @@ def test_forward_matches_a_hand_loop_over_layers():
         baseline_logits = baseline(input_ids=input_ids, images=images).logits[0]
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(logits[-1], baseline_logits[-1], atol=1e-3)  # tokens were dropped
+
+
+def test_training_forward_ranks_by_the_token_before_the_answer():
+    """With labels, the ranking query is the last prompt token (before the first supervised one), not
+    the sequence's last token: the logits equal the hand loop queried there."""
+    model = pdrop_model()
+    input_ids = torch.tensor([[1, 5, IMG, 6, 7, 8, 9]])
+    labels = input_ids.masked_fill(torch.arange(7) < 5, -100)  # the answer is 8, 9
+    images = random_crops([3], image_size=IMAGE_SIZE)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, images=images, labels=labels).logits[0]
+        expanded = logits.shape[0]
+        expected = reference_forward(model, input_ids, images, instruction=expanded - 3)  # token 7
+        last_token = reference_forward(model, input_ids, images)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(expected, last_token, atol=1e-4)  # the query matters here
 
 
 def test_batch_equals_single_samples_and_backends_agree():

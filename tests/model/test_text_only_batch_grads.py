@@ -7,7 +7,7 @@ import torch
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from tests.model_fixtures import random_images, tiny_llava_model
-from tests.proxyv_fixtures import tiny_proxyv_model
+from tests.proxyv_fixtures import random_crops, tiny_proxyv_model
 
 
 def _batch(input_ids):
@@ -62,3 +62,32 @@ def test_text_only_proxyv_batch_touches_the_guided_update_modules(options):
                     if name.startswith(("model.vision_mlp_layers.", "model.proxyv_initializer."))}
     assert proxyv_grads and all(grad is not None and not grad.any() for grad in proxyv_grads.values())
     assert any(name.startswith("model.proxyv_initializer.") for name in proxyv_grads) == bool(options.get("learn_proxy"))
+
+
+def _module_order(model, **batch) -> list[str]:
+    """Names of the modules owning parameters, in the order a training forward + backward first calls them."""
+    order, handles = [], []
+    for name, module in model.named_modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            handles.append(module.register_forward_pre_hook(
+                lambda _module, _args, name=name: order.append(name) if name not in order else None))
+    model.train()
+    model(**batch).loss.backward()
+    for handle in handles:
+        handle.remove()
+    model.zero_grad(set_to_none=True)
+    return order
+
+
+@pytest.mark.parametrize("options", [None, {}, {"learn_proxy": True}])
+def test_text_only_batch_calls_modules_in_the_image_batch_order(options):
+    """ZeRO-3 gathers a module's parameters as the module is called, a collective every rank must issue
+    in the same order: a rank with a text-only batch must call the modules as a rank with images does."""
+    if options is None:
+        model, images = tiny_llava_model(image_size=56), random_images([1], image_size=56)
+    else:
+        model, images = tiny_proxyv_model(proxyv_start_layer=2, **options), random_crops([1])
+    with_image = torch.tensor([[1, 5, IMAGE_TOKEN_INDEX, 7, 8, 9]])
+    text = torch.tensor([[1, 5, 6, 7, 8, 9]])
+    image_order = _module_order(model, **_batch(with_image), images=images)
+    assert _module_order(model, **_batch(text)) == image_order

@@ -9,7 +9,6 @@ Layers `0 .. s-1` are ordinary; from `s = proxyv_start_layer` on, each layer is 
 
 import math
 
-import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
@@ -158,14 +157,14 @@ class LlavaProxyVLlamaModel(LlavaLlamaModel):
         """
         start = self.config.proxyv_start_layer
         has_crops = multimodal_layout is not None and multimodal_layout.num_crops > 0
-        if not has_crops or start >= self.config.num_hidden_layers:
-            output = super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                     past_key_values=past_key_values, inputs_embeds=inputs_embeds,
-                                     use_cache=use_cache, **kwargs)
-            if self.training and not has_crops:
-                output.last_hidden_state = output.last_hidden_state + self._unused_vision_modules_term(
-                    output.last_hidden_state)
-            return output
+        # A text-only training batch also takes the ProxyV path (with no crops, so no full tokens and no
+        # proxies): its layers call the guided-update modules in the order an image batch does, on
+        # empty tensors, so ZeRO-3 ranks gather the same parameters in the same order every step.
+        text_only_training = self.training and multimodal_layout is not None and bool(self.vision_mlp_layers)
+        if (not has_crops and not text_only_training) or start >= self.config.num_hidden_layers:
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+                                   use_cache=use_cache, **kwargs)
         if inputs_embeds is None:
             raise ValueError("The ProxyV prefill takes inputs_embeds built by the multimodal layout step.")
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -181,23 +180,6 @@ class LlavaProxyVLlamaModel(LlavaLlamaModel):
         hidden = self._proxyv_layers(hidden, proxyv_plan, past_key_values)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden),
                                        past_key_values=past_key_values if use_cache else None)
-
-    def _unused_vision_modules_term(self, reference: torch.Tensor) -> torch.Tensor:
-        """0 * (every guided-update module and the learned-proxy initializer on one zero token): a
-        training batch without images still touches them, so ZeRO-3 ranks gather the same parameters
-        each step (ranks that diverge hang) and they get a zero gradient, not None."""
-        zero = reference.new_zeros(1, 1, reference.shape[-1])  # [1, 1, D]
-        term = reference.new_zeros(())
-        for vision_mlp in self.vision_mlp_layers:
-            if isinstance(vision_mlp, VisionMLP):
-                guidance = vision_mlp.context_proj(zero)  # [1, 1, d_m]
-                term = term + vision_mlp(zero, guidance).sum()
-            else:
-                term = term + vision_mlp(zero).sum()
-        if self.config.learn_proxy:
-            proxies, assignment = self.proxyv_initializer(zero)
-            term = term + proxies.sum() + assignment.sum()
-        return 0 * term
 
     def _standard_layers(self, hidden, attention_mask, position_ids, past_key_values, use_cache, **kwargs):
         """Layers 0 .. s-1 over the natural sequence, exactly as the baseline runs them."""

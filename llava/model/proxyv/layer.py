@@ -82,6 +82,8 @@ class ProxyVDecoderLayer(LlamaDecoderLayer):
         config = self.self_attn.config
         context = vision_mlp.context_proj(plan.crop_proxies(new_proxies))  # [N, n, d_m]
         guidance = proxy_guidance(context, assignment, config.proxy_grid_size, config.proxyv_reduce_factor)
+        if full.shape[0] == 0:  # a text-only training batch: no crops, empty tensors of mismatched widths
+            guidance = guidance[:, : full.shape[1]]
         return vision_mlp(full, guidance)
 
     def _attend(self, query_in, key_in, plan, rotary, past_key_values, seq_len):

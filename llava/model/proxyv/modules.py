@@ -55,7 +55,7 @@ def spatial_guidance(context: torch.Tensor, proxy_grid: int, reduce_factor: int)
     num_crops, _, channels = context.shape
     blocks = context.reshape(num_crops, proxy_grid, proxy_grid, channels)
     blocks = blocks.repeat_interleave(reduce_factor, dim=1).repeat_interleave(reduce_factor, dim=2)
-    return blocks.reshape(num_crops, -1, channels)
+    return blocks.reshape(num_crops, (proxy_grid * reduce_factor) ** 2, channels)  # explicit: N may be 0
 
 
 def proxy_guidance(context: torch.Tensor, assignment: torch.Tensor | None, proxy_grid: int, reduce_factor: int):
