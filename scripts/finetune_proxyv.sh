@@ -37,6 +37,6 @@ launch \
   --output_dir "${OUTPUT_ROOT}/${RUN_NAME}" --run_name "${RUN_NAME}" \
   --num_train_epochs "${EPOCHS}" --per_device_train_batch_size "${BATCH}" --gradient_accumulation_steps "${ACCUM}" \
   --learning_rate "${LR}" --weight_decay 0. --warmup_ratio 0.03 --lr_scheduler_type cosine \
-  --logging_steps 1 --save_strategy steps --save_steps 1000 --save_total_limit 1 \
+  --logging_steps 1 --save_strategy steps --save_steps 1000 --save_total_limit 2 \
   --model_max_length "${MAX_LEN}" \
   --dataloader_num_workers "${WORKERS}" --lazy_preprocess True "$@"

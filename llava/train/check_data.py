@@ -147,14 +147,16 @@ def check_training_paths(model_name_or_path: str, vision_tower: str | None, data
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--data_path", required=True, help="comma-separated LLaVA .json / .jsonl files")
     parser.add_argument("--image_folder", default=None, help="folder the records' image paths are relative to")
     parser.add_argument("--model_name_or_path", default=None, help="model whose tokenizer checks truncation")
     parser.add_argument("--version", default="v1", help="conversation template, as in training")
     parser.add_argument("--model_max_length", type=int, default=2048)
     parser.add_argument("--image_tokens", type=int, default=577,
-                        help="tokens one image expands to (crops x (tokens per crop + 1)); 577 is one 336px crop")
+                        help="tokens one image expands to (crops x (tokens per crop + 1)); 577 is one 336px crop\n"
+                             "(stage 1, --image_aspect_ratio pad); for AnyRes stage 2 give the largest, e.g. 2885 for\n"
+                             "5 crops, so that every record training could truncate away is reported")
     parser.add_argument("--max_bad_sample_fraction", type=float, default=0.01)
     parser.add_argument("--report_json", default=None, help="also write the report here as JSON")
     return parser

@@ -10,6 +10,7 @@ A record is `{"id", "image": "a.png" | ["a.png", "b.png"] (optional), "conversat
 import json
 import logging
 import os
+import random
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ from llava.train.preprocess import tokenize_conversation
 from llava.train.record_checks import BadRecord, check_image_size, check_record, record_id, record_image_paths
 
 logger = logging.getLogger(__name__)
+MAX_REPLACEMENT_ATTEMPTS = 50
 
 
 @dataclass
@@ -132,6 +134,7 @@ class LazySupervisedDataset(Dataset):
         self.tokens_per_crop = tokens_per_crop
         self.num_skipped = 0  # in this process only; the trainer keeps the run's count
         self._warned: set[str] = set()
+        self._bad: dict[int, str] = {}  # index -> problem kind, for records found unusable in this process
 
     def __len__(self) -> int:
         return len(self.records)
@@ -142,20 +145,28 @@ class LazySupervisedDataset(Dataset):
         return [(_text_length(r) + 128 * _image_count(r)) * (1 if _image_count(r) else -1) for r in self.records]
 
     def __getitem__(self, index: int) -> dict:
-        skipped = []
-        for offset in range(len(self.records)):
-            record_index = (index + offset) % len(self.records)
-            try:
-                return {**self._load(record_index), "skipped": skipped}
-            except BadRecord as error:
-                name = record_id(self.records[record_index], record_index)
-                if offset == 0:  # a record passed over later is counted when its own index is read
-                    self.num_skipped += 1
-                    skipped.append((name, error.kind))
-                if name not in self._warned:
-                    self._warned.add(name)
-                    logger.warning("Skipping record %s (%s): %s", name, error.kind, error)
-        raise ValueError("No record of the dataset can be used; run python -m llava.train.check_data.")
+        """The sample at `index`; a bad record is counted, warned about once, and replaced by another
+        record drawn at random (deterministically from `index`), so a run of bad records neither
+        repeats one neighbour many times nor costs a scan through it."""
+        skipped, draw = [], random.Random(index)
+        record_index = index
+        for attempt in range(MAX_REPLACEMENT_ATTEMPTS):
+            kind = self._bad.get(record_index)
+            if kind is None:
+                try:
+                    return {**self._load(record_index), "skipped": skipped}
+                except BadRecord as error:
+                    kind = self._bad[record_index] = error.kind
+                    name = record_id(self.records[record_index], record_index)
+                    if name not in self._warned:
+                        self._warned.add(name)
+                        logger.warning("Skipping record %s (%s): %s", name, error.kind, error)
+            if attempt == 0:  # a record drawn as a replacement is counted when its own index is read
+                self.num_skipped += 1
+                skipped.append((record_id(self.records[record_index], record_index), kind))
+            record_index = draw.randrange(len(self.records))
+        raise ValueError(f"{MAX_REPLACEMENT_ATTEMPTS} records in a row could not be used; most of the data is "
+                         "bad: run python -m llava.train.check_data.")
 
     def _load(self, index: int) -> dict:
         record = self.records[index]

@@ -162,6 +162,9 @@ def train(argv=None) -> None:
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     check_training_paths(model_args.model_name_or_path, model_args.vision_tower, data_args.data_path,
                          data_args.image_folder)
+    if training_args.save_total_limit == 1 and training_args.save_strategy != "no":
+        logger.warning("--save_total_limit 1: transformers deletes the previous checkpoint before the new one "
+                       "is marked complete, so a kill at that moment leaves nothing to resume from; use 2.")
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path,
                                               model_max_length=training_args.model_max_length, padding_side="right")
     if tokenizer.pad_token is None:

@@ -84,11 +84,12 @@ def test_dataset_skips_each_bad_record_with_its_kind(corpus, tiny_tokenizer, pro
     warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Skipping record")]
     assert len(warnings) == len(expected) and all(any(name in w for w in warnings) for name in expected)
 
-    # Index 22 (truncated away) and 23 (not an object) are passed over for 24, the first JSONL record.
+    # Index 22 (truncated away) is replaced by a usable record drawn from its index: the same every time.
     batch = DataCollatorForSupervisedDataset(0)([dataset[0], dataset[1], dataset[22]])
-    assert batch["ids"] == ["ok_text", "ok_image", "jsonl_ok"]
-    assert batch["skipped"] == [("truncated_away", "truncated_away")]  # #23 counts when index 23 is read
-    assert batch["input_ids"].shape[0] == 3 and len(batch["images"]) == 1
+    assert batch["ids"][:2] == ["ok_text", "ok_image"] and batch["ids"][2] in used
+    assert dataset[22]["id"] == batch["ids"][2]
+    assert batch["skipped"] == [("truncated_away", "truncated_away")]  # a drawn-over record counts at its own index
+    assert batch["input_ids"].shape[0] == 3
 
 
 def _reference_pixels(rgb: np.ndarray, processor) -> torch.Tensor:
@@ -141,3 +142,15 @@ def test_pil_pixel_limit_warning_is_a_notice_and_error_a_bad_record(corpus, tiny
     assert error.value.kind == "decompression_bomb"
     records = json.loads(corpus.json_path.read_text())
     assert _dataset(corpus, tiny_tokenizer, processor, records)[1]["skipped"] == [("ok_image", "decompression_bomb")]
+
+
+def test_a_run_of_bad_records_is_replaced_by_varied_records(corpus, tiny_tokenizer, processor):
+    """20 bad records in a row are not all replaced by their one good neighbour."""
+    good = [{"id": f"good{i}", "conversations": [{"from": "human", "value": f"Question {i}?"},
+                                                 {"from": "gpt", "value": f"Answer {i}."}]} for i in range(20)]
+    bad = [{"id": f"bad{i}"} for i in range(20)]  # no conversations
+    dataset = _dataset(corpus, tiny_tokenizer, processor, bad + good)
+    replacements = [dataset[index]["id"] for index in range(20)]
+    assert all(name.startswith("good") for name in replacements)
+    assert len(set(replacements)) >= 8, replacements
+    assert dataset.num_skipped == 20
