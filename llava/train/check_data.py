@@ -19,6 +19,8 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from llava.mm_utils import get_anyres_image_grid_shape
+from llava.model.language_model.llava_llama import DEFAULT_GRID_PINPOINTS
 from llava.train.data import read_records, tokens_kept
 from llava.train.preprocess import tokenize_conversation
 from llava.train.record_checks import (
@@ -36,12 +38,25 @@ MAX_IDS_SHOWN = 10
 
 @dataclass
 class TokenBudget:
-    """What the truncation check needs: the tokenizer, template and expanded length per image."""
+    """What the truncation check needs: the tokenizer, template and expanded length of an image.
+
+    `image_tokens` is one crop's expansion (tokens per crop + its newline). With `grid_pinpoints`
+    (AnyRes) an image of size (w, h) expands to (1 base + the tiles AnyRes cuts it into) crops, as in
+    training; without, to one crop (`--image_aspect_ratio pad`).
+    """
 
     tokenizer: object
     template: str
     model_max_length: int
     image_tokens: int
+    grid_pinpoints: str | list | None = None
+    crop_size: int = 336
+
+    def image_token_count(self, width: int, height: int) -> int:
+        if self.grid_pinpoints is None:
+            return self.image_tokens
+        columns, rows = get_anyres_image_grid_shape((width, height), self.grid_pinpoints, self.crop_size)
+        return (1 + columns * rows) * self.image_tokens
 
 
 @dataclass
@@ -86,14 +101,17 @@ def _check_images(record: dict, image_folder: str, cache: dict) -> list[tuple[st
     return notices
 
 
-def _check_budget(record: dict, budget: TokenBudget) -> None:
+def _check_budget(record: dict, budget: TokenBudget, image_folder: str, cache: dict) -> None:
+    """Raise BadRecord when training's truncation would leave nothing supervised (images already checked)."""
     paths = record_image_paths(record)
     try:
         input_ids, labels = tokenize_conversation(record["conversations"], budget.tokenizer, budget.template,
                                                   bool(paths))
     except ValueError as error:
         raise BadRecord("tokenization", str(error)) from error
-    tokens_kept(input_ids, labels, [budget.image_tokens] * len(paths), budget.model_max_length)
+    sizes = [cache[os.path.join(image_folder, path)] for path in paths]  # ImageReports from _check_images
+    counts = [budget.image_token_count(size.width, size.height) for size in sizes]
+    tokens_kept(input_ids, labels, counts, budget.model_max_length)
 
 
 def check_data(data_path: str, image_folder: str | None, budget: TokenBudget | None = None) -> DataReport:
@@ -113,7 +131,7 @@ def check_data(data_path: str, image_folder: str | None, budget: TokenBudget | N
                 for kind, text in _check_images(record, image_folder or "", cache):
                     report.notices[kind].append(f"{name} ({text})")
                 if budget is not None:
-                    _check_budget(record, budget)
+                    _check_budget(record, budget, image_folder or "", cache)
             except BadRecord as error:
                 report.problems[error.kind].append(name)
                 logging.getLogger(__name__).debug("%s: %s", name, error)
@@ -154,9 +172,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", default="v1", help="conversation template, as in training")
     parser.add_argument("--model_max_length", type=int, default=2048)
     parser.add_argument("--image_tokens", type=int, default=577,
-                        help="tokens one image expands to (crops x (tokens per crop + 1)); 577 is one 336px crop\n"
-                             "(stage 1, --image_aspect_ratio pad); for AnyRes stage 2 give the largest, e.g. 2885 for\n"
-                             "5 crops, so that every record training could truncate away is reported")
+                        help="tokens one crop expands to (tokens per crop + its newline); 577 for CLIP-L/336")
+    parser.add_argument("--image_aspect_ratio", choices=("pad", "anyres"), default="pad",
+                        help="as in training: pad = one crop per image (stage 1); anyres = base crop + tiles (stage 2)")
+    parser.add_argument("--image_grid_pinpoints", default=None,
+                        help="AnyRes grids as in training (default: LLaVA-1.6's, up to 5 crops)")
+    parser.add_argument("--crop_size", type=int, default=336, help="the vision tower's input side")
     parser.add_argument("--max_bad_sample_fraction", type=float, default=0.01)
     parser.add_argument("--report_json", default=None, help="also write the report here as JSON")
     return parser
@@ -173,7 +194,11 @@ def main(argv=None) -> int:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-        budget = TokenBudget(tokenizer, args.version, args.model_max_length, args.image_tokens)
+        pinpoints = None
+        if args.image_aspect_ratio == "anyres":
+            pinpoints = args.image_grid_pinpoints or [list(pair) for pair in DEFAULT_GRID_PINPOINTS]
+        budget = TokenBudget(tokenizer, args.version, args.model_max_length, args.image_tokens, pinpoints,
+                             args.crop_size)
     try:
         report = check_data(args.data_path, args.image_folder, budget)
     except (FileNotFoundError, ValueError) as error:

@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from llava.mm_utils import process_anyres_image
+from llava.model.language_model.llava_llama import DEFAULT_GRID_PINPOINTS
 from llava.train.check_data import TokenBudget, check_data, main
 from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, load_records
 from llava.train.record_checks import BadRecord, check_image_file
@@ -154,3 +156,13 @@ def test_a_run_of_bad_records_is_replaced_by_varied_records(corpus, tiny_tokeniz
     assert all(name.startswith("good") for name in replacements)
     assert len(set(replacements)) >= 8, replacements
     assert dataset.num_skipped == 20
+
+
+def test_anyres_budget_counts_the_crops_training_cuts(tiny_tokenizer):
+    """The pre-flight expands an AnyRes image to as many crops as training's process_anyres_image makes."""
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    budget = TokenBudget(tiny_tokenizer, "v1", 4096, 577, DEFAULT_GRID_PINPOINTS, 336)
+    for size in [(336, 336), (1008, 336), (600, 600), (300, 900), (800, 400)]:
+        crops = process_anyres_image(Image.new("RGB", size), processor, DEFAULT_GRID_PINPOINTS).shape[0]
+        assert budget.image_token_count(*size) == crops * 577, size
+    assert TokenBudget(tiny_tokenizer, "v1", 4096, 577).image_token_count(1008, 336) == 577  # pad: one crop
