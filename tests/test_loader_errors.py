@@ -2,6 +2,7 @@
 chat CLI, `run_llava` and `train.py` each answer in one line that names the problem and the fix."""
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import sys
 import pytest
 
 from llava.eval.run_llava import main as run_llava_main
-from llava.model.builder import load_pretrained_model
+from llava.model.builder import _DropLoadReport, load_pretrained_model
 from llava.train.check_data import TrainingSetupError, check_training_paths
 from tests.serve.test_cli import run_main
 from tests.train.test_two_stage import TRAIN
@@ -75,3 +76,15 @@ def test_training_paths_are_checked_before_loading(tiny_assets, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: --data_path")
+
+
+def test_load_report_is_hidden_unless_it_explains_a_conversion_error():
+    """The builder's filter drops transformers' weight table, which it reports itself, but never the
+    CONVERSION entries that transformers' own error message points to."""
+    def record(message):
+        return logging.LogRecord("transformers.modeling_utils", logging.WARNING, __file__, 1, message, None, None)
+
+    report_filter = _DropLoadReport()
+    assert not report_filter.filter(record("LlavaLlamaForCausalLM LOAD REPORT from: x\nkey | MISSING"))
+    assert report_filter.filter(record("LlavaLlamaForCausalLM LOAD REPORT from: x\nkey | CONVERSION | details"))
+    assert report_filter.filter(record("an unrelated warning"))

@@ -149,8 +149,12 @@ def load_pretrained_model(
 
 
 class _DropLoadReport(logging.Filter):
+    """Drops transformers' table of missing / mismatched weights, but keeps one with conversion errors:
+    transformers then raises "look at the above report", which must be there to read."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "LOAD REPORT" not in record.getMessage()
+        message = record.getMessage()
+        return "LOAD REPORT" not in message or "CONVERSION" in message
 
 
 @contextmanager
