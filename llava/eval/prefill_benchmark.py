@@ -135,7 +135,7 @@ def pyramid_drop_family(request: VariantRequest) -> list[Variant]:
     paper_layers, ratio = PYRAMID_DROP_PAPER
     layers = sorted({min(max(round(layer * depth / PAPER_DEPTH), 1), depth - 1) for layer in paper_layers})
     config = LlavaConfig(**request.values, pyramid_drop_layers=layers, pyramid_drop_ratio=ratio)
-    return [Variant(request.spec, "pyramiddrop", config, LlavaPyramidDropLlamaForCausalLM, layers[0])]
+    return [Variant(request.spec, "pyramiddrop", config, LlavaPyramidDropLlamaForCausalLM)]
 
 
 def visionzip_proxyv_family(request: VariantRequest) -> list[Variant]:
@@ -490,7 +490,8 @@ def flops_row(variant: Variant, dtype: torch.dtype, text_tokens: int, crops: int
                        variant.name, variant.start_layer, flops["llm_flops"], analytic["llm_flops"])
     row = {"model": variant.spec.name, "variant": variant.name, "proxyv_start_layer": variant.start_layer,
            "num_layers": variant.config.num_hidden_layers, **flops, "total_flops": sum(flops.values()),
-           "llm_flops_analytic": analytic["llm_flops"]}
+           "llm_flops_analytic": analytic["llm_flops"],
+           "pyramid_drop_layers": getattr(variant.config, "pyramid_drop_layers", None)}
     return {**row, **dict.fromkeys(TIMED_KEYS)}
 
 
