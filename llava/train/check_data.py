@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from llava.mm_utils import get_anyres_image_grid_shape
 from llava.model.language_model.llava_llama import DEFAULT_GRID_PINPOINTS
 from llava.train.data import read_records, tokens_kept
-from llava.train.preprocess import tokenize_conversation
 from llava.train.record_checks import (
     NOTICE_KINDS,
     PROBLEM_KINDS,
@@ -31,6 +30,7 @@ from llava.train.record_checks import (
     check_record,
     record_id,
     record_image_paths,
+    tokenize_record,
 )
 
 MAX_IDS_SHOWN = 10
@@ -103,12 +103,8 @@ def _check_images(record: dict, image_folder: str, cache: dict) -> list[tuple[st
 
 def _check_budget(record: dict, budget: TokenBudget, image_folder: str, cache: dict) -> None:
     """Raise BadRecord when training's truncation would leave nothing supervised (images already checked)."""
+    input_ids, labels = tokenize_record(record, budget.tokenizer, budget.template)
     paths = record_image_paths(record)
-    try:
-        input_ids, labels = tokenize_conversation(record["conversations"], budget.tokenizer, budget.template,
-                                                  bool(paths))
-    except ValueError as error:
-        raise BadRecord("tokenization", str(error)) from error
     sizes = [cache[os.path.join(image_folder, path)] for path in paths]  # ImageReports from _check_images
     counts = [budget.image_token_count(size.width, size.height) for size in sizes]
     tokens_kept(input_ids, labels, counts, budget.model_max_length)

@@ -18,8 +18,14 @@ from torch.utils.data import Dataset
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.mm_utils import ImageTooLargeError, load_image, process_images
-from llava.train.preprocess import tokenize_conversation
-from llava.train.record_checks import BadRecord, check_image_size, check_record, record_id, record_image_paths
+from llava.train.record_checks import (
+    BadRecord,
+    check_image_size,
+    check_record,
+    record_id,
+    record_image_paths,
+    tokenize_record,
+)
 
 logger = logging.getLogger(__name__)
 MAX_REPLACEMENT_ATTEMPTS = 50
@@ -171,12 +177,8 @@ class LazySupervisedDataset(Dataset):
     def _load(self, index: int) -> dict:
         record = self.records[index]
         check_record(record)
+        input_ids, labels = tokenize_record(record, self.tokenizer, self.template)
         paths = record_image_paths(record)
-        try:
-            input_ids, labels = tokenize_conversation(record["conversations"], self.tokenizer, self.template,
-                                                      bool(paths))
-        except ValueError as error:
-            raise BadRecord("tokenization", str(error)) from error
         images = [self._load_image(path) for path in paths]
         pixels = []
         if images:

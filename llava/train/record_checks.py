@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.train.preprocess import tokenize_conversation
 
 MIN_IMAGE_SIDE = 2
 MAX_ASPECT_RATIO = 50.0
@@ -101,6 +102,14 @@ def check_record(record) -> None:
             f"{placeholders} '{DEFAULT_IMAGE_TOKEN}' placeholder(s) but {len(paths)} image(s); "
             f"put one '{DEFAULT_IMAGE_TOKEN}' in the human turns per image",
         )
+
+
+def tokenize_record(record: dict, tokenizer, template: str):
+    """(input_ids, labels) of a checked record; a conversation the template rejects is a BadRecord."""
+    try:
+        return tokenize_conversation(record["conversations"], tokenizer, template, bool(record_image_paths(record)))
+    except ValueError as error:
+        raise BadRecord("tokenization", str(error)) from error
 
 
 def check_image_size(width: int, height: int, path: str) -> None:

@@ -29,14 +29,6 @@ from llava.eval.prefill_benchmark import (
 from llava.eval.presets import ModelSpec, preset_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def mid_size_spec() -> ModelSpec:
     """A 1024-wide GQA Llama (d_m = 256) with the real CLIP-L/336 tower."""
     values = {**preset_spec("vicuna-7b").llava_values, "hidden_size": 1024, "intermediate_size": 2816,

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 from transformers import LlamaConfig
 
 from llava.eval.prefill_benchmark import format_table, main
@@ -13,14 +12,6 @@ from llava.model import LlavaConfig, LlavaProxyVConfig
 ROW_KEYS = ("model", "variant", "proxyv_start_layer", "llm_flops", "flops_reduction", "prefill_time_s",
             "time_reduction", "vision_flops", "projector_flops", "lm_head_flops", "total_flops",
             "prefill_peak_memory_mb", "train_step_time_s", "decode_step_time_s")
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def run(tmp_path, *args) -> dict:
