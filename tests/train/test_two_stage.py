@@ -8,8 +8,11 @@ kept to a few optimisation steps so the whole file stays around a minute or two 
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -96,28 +99,62 @@ def _stage2(assets, output_dir, adapter, *extra):
     )
 
 
+def _free_port() -> int:
+    """A port nobody listens on now: each two-rank run gets its own rendezvous, so a run never meets
+    the store of an earlier run (or of another test session on the same machine)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def deepspeed_cpu_ops():
+    """DeepSpeed JIT-compiles its CPU communication op the first time a process needs it (about a
+    minute, once per virtualenv). Built here in one process, before any two-rank run, so the ranks
+    of a test never race each other (or a time limit) through that build."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    build = "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()"
+    result = subprocess.run([sys.executable, "-c", build], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def _rank_logs(log_dir: Path) -> dict[str, str]:
+    """Each rank's stdout + stderr, keyed by local rank ("0", "1"): torchrun writes them to separate files."""
+    logs = {}
+    for rank_dir in sorted(path for path in log_dir.glob("*/attempt_*/*") if path.is_dir()):
+        logs[rank_dir.name] = "".join(
+            (rank_dir / name).read_text(errors="replace") for name in ("stdout.log", "stderr.log")
+            if (rank_dir / name).exists())
+    return logs
+
+
 def _run(args, deepspeed: bool = False) -> str:
-    """One training run: in this process's Python, or with DeepSpeed ZeRO-3 in two CPU processes."""
+    """One training run: in this process's Python, or with DeepSpeed ZeRO-3 in two CPU processes.
+
+    Returns the run's output; for two ranks, rank 0's (each rank writes its own log files, so lines
+    of the two ranks never interleave). A failed run shows every rank's log tail.
+    """
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if deepspeed:
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29531",
-            str(MULTIPROCESS_ENTRY),  # train.py behind a test-only shim; its docstring says why
-            "--deepspeed",
-            str(REPO / "zero3.json"),
-            *args,
-        ]
-    else:
-        command = [sys.executable, TRAIN, *args]
+    if not deepspeed:
+        result = subprocess.run([sys.executable, TRAIN, *args], env=env, capture_output=True, text=True, timeout=600,
+                                cwd=REPO)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+        return result.stdout + result.stderr
+    log_dir = Path(tempfile.mkdtemp(prefix="rank_logs_"))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        "--log_dir", str(log_dir), "--redirects", "3",
+        str(MULTIPROCESS_ENTRY),  # train.py behind a test-only shim; its docstring says why
+        "--deepspeed", str(REPO / "zero3.json"), *args,
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return result.stdout + result.stderr
+    logs = _rank_logs(log_dir)
+    shutil.rmtree(log_dir, ignore_errors=True)
+    report = "".join(f"\n===== rank {rank} =====\n{log[-4000:]}" for rank, log in logs.items())
+    assert result.returncode == 0, f"torchrun exited {result.returncode}\n{result.stderr[-3000:]}{report}"
+    assert set(logs) == {"0", "1"}, f"expected the logs of ranks 0 and 1, found {sorted(logs)}\n{report}"
+    return logs["0"]
 
 
 def _answers(model_dir, assets) -> str:
@@ -130,7 +167,7 @@ def _answers(model_dir, assets) -> str:
     return type(model).__name__
 
 
-def test_zero3_two_stages_proxyv_hand_off_and_answer(assets, tmp_path):
+def test_zero3_two_stages_proxyv_hand_off_and_answer(assets, deepspeed_cpu_ops, tmp_path):
     stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
     log = _run(_stage1(assets, stage1, "--proxyv_start_layer", "2"), deepspeed=True)
     # ZeRO-3 really partitioned the model over the two ranks: rank 0 (the one that logs) holds half.
