@@ -5,9 +5,10 @@ Everything is built in-process and offline. Crops are small by default: a tiny C
 `proxyv_reduce_factor` 2 a crop has a 2x2 proxy grid (n = 4).
 
 Helpers:
-* `tiny_proxyv_config(proxyv_start_layer=2, learn_proxy=False, **overrides)` -> `LlavaProxyVConfig`.
+* `tiny_proxyv_config(proxyv_start_layer=2, learn_proxy=False, family="llama", **overrides)` -> the
+  family's ProxyV config (`llava.tiny.models.TINY_FAMILY_OVERRIDES`: what each family needs beyond the shape).
 * `tiny_proxyv_model(seed=0, attn_implementation="eager", **config_overrides)` -> fp32 model in eval mode.
-* `baseline_twin(model, attn_implementation)` -> `LlavaLlamaForCausalLM` with the same weights.
+* `baseline_twin(model, attn_implementation)` -> the family's baseline causal LM with the same weights.
 * `copy_with_attn(model, attn_implementation)` -> the same ProxyV model under another backend.
 * `random_crops(crop_counts, seed, image_size)` -> one [C, 3, S, S] tensor per image.
 * `MIXED_SAMPLES` / `MIXED_CROPS`: a 3-crop image; two images (1 and 2 crops); text only.
@@ -25,7 +26,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerF
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.model import LlavaConfig, LlavaLlamaForCausalLM, LlavaProxyVConfig, LlavaProxyVLlamaForCausalLM
+from llava.model import FAMILIES, family_for_model_type
+from llava.tiny.models import TINY_FAMILY_OVERRIDES
 
 PAD_ID = 0
 VOCAB_SIZE = 64
@@ -71,8 +73,11 @@ def tiny_clip_config(image_size: int = IMAGE_SIZE) -> dict:
     return CLIPVisionConfig(**{**TINY_CLIP, "image_size": image_size}).to_diff_dict()
 
 
-def tiny_proxyv_config(proxyv_start_layer: int = 2, learn_proxy: bool = False, **overrides) -> LlavaProxyVConfig:
-    """A 4-layer, width-64 Llama with the tiny CLIP tower and ProxyV from `proxyv_start_layer`."""
+FAMILY_NAMES = tuple(TINY_FAMILY_OVERRIDES)
+
+
+def tiny_proxyv_config(proxyv_start_layer: int = 2, learn_proxy: bool = False, family: str = "llama", **overrides):
+    """A 4-layer, width-64 decoder of `family` with the tiny CLIP tower and ProxyV from `proxyv_start_layer`."""
     image_size = overrides.pop("image_size", IMAGE_SIZE)
     values = {
         "vocab_size": VOCAB_SIZE,
@@ -95,8 +100,9 @@ def tiny_proxyv_config(proxyv_start_layer: int = 2, learn_proxy: bool = False, *
         "proxyv_start_layer": proxyv_start_layer,
         "learn_proxy": learn_proxy,
     }
+    values.update(TINY_FAMILY_OVERRIDES[family])
     values.update(overrides)
-    return LlavaProxyVConfig(**values)
+    return FAMILIES[family].proxyv_config(**values)
 
 
 def _randomise_small_params(model, generator: torch.Generator) -> None:
@@ -112,25 +118,26 @@ def tiny_proxyv_model(seed: int = 0, attn_implementation: str = "eager", **confi
     config = tiny_proxyv_config(**config_overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlavaProxyVLlamaForCausalLM._from_config(config, attn_implementation=attn_implementation)
+        model = family_for_model_type(config.model_type).proxyv_causal_lm._from_config(
+            config, attn_implementation=attn_implementation)
     _randomise_small_params(model, torch.Generator().manual_seed(seed + 1000))
     return model.float().eval()
 
 
 def copy_with_attn(model, attn_implementation: str):
     """The same ProxyV model (config and weights) under another attention backend."""
-    config = LlavaProxyVConfig(**{k: v for k, v in model.config.to_dict().items() if k != "model_type"})
-    twin = LlavaProxyVLlamaForCausalLM._from_config(config, attn_implementation=attn_implementation)
+    config = type(model.config)(**{k: v for k, v in model.config.to_dict().items() if k != "model_type"})
+    twin = type(model)._from_config(config, attn_implementation=attn_implementation)
     twin.load_state_dict(model.state_dict(), strict=True)
     return twin.float().eval()
 
 
 def baseline_twin(model, attn_implementation: str = "eager"):
-    """The baseline `LlavaLlamaForCausalLM` with `model`'s weights (ProxyV-only weights left out)."""
+    """The family's baseline causal LM with `model`'s weights (ProxyV-only weights left out)."""
     values = {k: v for k, v in model.config.to_dict().items() if k != "model_type" and k not in PROXYV_KEYS}
     values["image_newline_positions"] = model.config.image_newline_positions
-    config = LlavaConfig(**values)
-    baseline = LlavaLlamaForCausalLM._from_config(config, attn_implementation=attn_implementation)
+    classes = family_for_model_type(model.config.model_type)
+    baseline = classes.causal_lm._from_config(classes.config(**values), attn_implementation=attn_implementation)
     result = baseline.load_state_dict(model.state_dict(), strict=False)
     assert not result.missing_keys, result.missing_keys
     extra = {k for k in result.unexpected_keys if not k.startswith(("model.vision_mlp_layers.", "model.proxyv_initializer."))}

@@ -35,9 +35,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import DynamicCache
 
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.model import LlavaConfig, LlavaLlamaForCausalLM, LlavaProxyVConfig, LlavaProxyVLlamaForCausalLM
+from llava.model import (
+    LlavaConfig,
+    LlavaLlamaForCausalLM,
+    LlavaProxyVConfig,
+    LlavaProxyVLlamaForCausalLM,
+    LlavaPyramidDropLlamaForCausalLM,
+)
 from llava.model.builder import resolve_dtype
-from llava.model.language_model.pyramid_drop_llama import LlavaPyramidDropLlamaForCausalLM
 from llava.model.layout import MultimodalLayout, build_multimodal_sequence
 from llava.model.proxyv.plan import build_proxyv_plan
 from llava.model.reduction.pyramid_drop import drop_schedule

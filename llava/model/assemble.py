@@ -11,8 +11,7 @@ import torch
 from transformers import AutoConfig
 from transformers.utils import logging as hf_logging
 
-from .language_model.llava_llama import LlavaConfig
-from .language_model.proxyv_llama import LlavaProxyVConfig
+from .language_model.families import family_for_llm
 from .model_registry import causal_lm_class_for_config
 
 logger = logging.getLogger(__name__)
@@ -22,14 +21,13 @@ MULTIMODAL_PREFIXES = ("model.vision_tower.", "model.mm_projector.", "model.imag
 
 
 def llava_config_from_llm(llm_config, vision_tower: str, proxyv_start_layer: int | None = None, **options):
-    """A LLaVA config (ProxyV when `proxyv_start_layer` is given) carrying the LLM's architecture."""
-    if llm_config.model_type != "llama":
-        raise ValueError(f"Only Llama-architecture language models are supported, got model_type '{llm_config.model_type}'.")
+    """A LLaVA config of the LLM's family (ProxyV when `proxyv_start_layer` is given) carrying its architecture."""
+    classes = family_for_llm(llm_config.model_type)
     values = {k: v for k, v in llm_config.to_dict().items() if k not in ("model_type", "architectures")}
     values.update(mm_vision_tower=vision_tower, image_newline_positions="natural", **options)
     if proxyv_start_layer is None:
-        return LlavaConfig(**values)
-    return LlavaProxyVConfig(proxyv_start_layer=proxyv_start_layer, **values)
+        return classes.config(**values)
+    return classes.proxyv_config(proxyv_start_layer=proxyv_start_layer, **values)
 
 
 def build_llava_from_llm(
@@ -56,7 +54,7 @@ def build_llava_from_llm(
     finally:
         hf_logging.set_verbosity(verbosity)
     if info["unexpected_keys"]:
-        raise ValueError(f"The language model at {llm_path} has weights a Llama LLaVA does not: {sorted(info['unexpected_keys'])[:5]}")
+        raise ValueError(f"The language model at {llm_path} has weights its family's LLaVA model does not: {sorted(info['unexpected_keys'])[:5]}")
     not_multimodal = [k for k in info["missing_keys"] if not k.startswith(MULTIMODAL_PREFIXES)]
     if not_multimodal:
         raise ValueError(f"The language model at {llm_path} lacks weights: {sorted(not_multimodal)[:5]}")

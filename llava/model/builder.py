@@ -12,6 +12,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from .backends import mask_limits_flash
 from .model_registry import causal_lm_class_for_config, check_model_type, config_for_class
 from .projector_weights import load_mm_projector_weights
 
@@ -54,18 +55,9 @@ def resolve_attn_implementation(requested: str | None, config) -> str:
     if not is_flash_attn_2_available():
         logger.warning("flash-attn is not installed (pip install 'proxyv[flash]'); using sdpa instead.")
         return "sdpa"
-    if getattr(config, "image_newline_positions", "natural") == "release":
-        logger.warning(
-            "This checkpoint uses the release newline positions, whose mask follows position ids; "
-            "flash-attention cannot express it, so sdpa is used."
-        )
-        return "sdpa"
-    if getattr(config, "pyramid_drop_layers", None):
-        logger.warning("PyramidDrop masks every stage by position and real keys; flash-attention cannot, so sdpa is used.")
-        return "sdpa"
-    if getattr(config, "proxyv_variant", None) == "mask_vision_attention":
-        logger.warning("mask_vision_attention hides vision keys from vision queries with an explicit mask; "
-                       "flash-attention cannot express it, so sdpa is used.")
+    reason = mask_limits_flash(config)
+    if reason:
+        logger.warning("flash-attention cannot run this model (%s), so sdpa is used.", reason)
         return "sdpa"
     return requested
 

@@ -1,5 +1,7 @@
 """Build every tiny offline asset in one go: dataset, tokenizer, tiny Vicuna, tiny CLIP, and
-ready-to-run tiny LLaVA checkpoints (baseline and ProxyV), all with `save_pretrained`.
+ready-to-run tiny LLaVA checkpoints (baseline and ProxyV), all with `save_pretrained`. With
+`family` (e.g. "qwen2"), also the same tiny LLM in that decoder family (`tiny-qwen2`), with the
+same tokenizer and the same text pretraining, for the launch scripts' `TINY_FAMILY`.
 
 `python -m llava.tiny` runs it (default folder `playground/tiny`). Existing, complete assets are
 kept, so calling it again is cheap.
@@ -48,6 +50,10 @@ class TinyAssets:
     def llm(self) -> Path:
         return self.root / "tiny-vicuna"
 
+    def family_llm(self, family: str) -> Path:
+        """The tiny LLM of a decoder family: `tiny-vicuna` for Llama, `tiny-<family>` otherwise."""
+        return self.llm if family == "llama" else self.root / f"tiny-{family}"
+
     @property
     def clip(self) -> Path:
         return self.root / "tiny-clip-vit-336"
@@ -79,7 +85,7 @@ def _save_llava(assets: TinyAssets, out_dir: Path, proxyv_start_layer: int | Non
 
 
 def build_tiny_assets(root: str | Path = DEFAULT_TINY_DIR, seed: int = 0,
-                      llm_text_steps: int = DEFAULT_LLM_TEXT_STEPS) -> TinyAssets:
+                      llm_text_steps: int = DEFAULT_LLM_TEXT_STEPS, family: str = "llama") -> TinyAssets:
     """Build whatever is missing under `root` and return where everything is.
 
     `llm_text_steps` > 0 pretrains a newly built tiny LLM on text for that many steps (see
@@ -96,6 +102,11 @@ def build_tiny_assets(root: str | Path = DEFAULT_TINY_DIR, seed: int = 0,
         build_tiny_llm(assets.llm, train_tiny_tokenizer(corpus), seed=seed)
         if llm_text_steps > 0:
             pretrain_tiny_llm(assets.llm, llm_text_steps, seed=seed)
+    if family != "llama" and not _done(assets.family_llm(family)):
+        logger.info("Building the tiny %s LLM (same shape and tokenizer) in %s", family, assets.family_llm(family))
+        build_tiny_llm(assets.family_llm(family), AutoTokenizer.from_pretrained(assets.llm), seed=seed, family=family)
+        if llm_text_steps > 0:
+            pretrain_tiny_llm(assets.family_llm(family), llm_text_steps, seed=seed)
     if not _done(assets.clip):
         build_tiny_clip(assets.clip, seed=seed)
     if not _done(assets.llava):

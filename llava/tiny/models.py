@@ -3,7 +3,9 @@
 * ``build_tiny_clip``: a CLIP vision tower with the real CLIP-L/336 geometry (336 px images, 14 px
   patches, so 24x24 = 576 patch tokens plus CLS) but tiny widths, with a matching PIL-backend CLIP
   image processor config.
-* ``build_tiny_llm``: a tiny Vicuna-like ``LlamaForCausalLM`` saved together with its tokenizer.
+* ``build_tiny_llm``: a tiny Vicuna-like decoder saved together with its tokenizer: a
+  ``LlamaForCausalLM`` by default, or the same shape in another decoder family's own classes
+  (``family="qwen2"``, ``"qwen3"``, ``"phi3"``, ``"mistral"``; see ``llava.model.FAMILIES``).
 
 Both save with ``save_pretrained`` so the usual ``from_pretrained`` loaders read them offline, and both
 are deterministic: the same seed gives bit-identical weights. The global torch RNG is left untouched.
@@ -19,12 +21,13 @@ import torch
 from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
-    LlamaConfig,
-    LlamaForCausalLM,
+    PretrainedConfig,
     PreTrainedTokenizerBase,
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from llava.model import FAMILIES
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +62,14 @@ TINY_LLM_CONFIG: dict[str, Any] = {
     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
     "tie_word_embeddings": False,
     "initializer_range": 0.02,
-    "attention_bias": False,
-    "mlp_bias": False,
+}
+# What a family's config needs beyond the shared tiny shape (its own layout comes with its classes).
+TINY_FAMILY_OVERRIDES: dict[str, dict[str, Any]] = {
+    "llama": {"attention_bias": False, "mlp_bias": False},
+    "mistral": {"sliding_window": None},
+    "qwen2": {},
+    "qwen3": {"head_dim": 16},
+    "phi3": {},
 }
 
 
@@ -101,9 +110,11 @@ def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     return out_dir
 
 
-def tiny_llm_config(tokenizer: PreTrainedTokenizerBase, **overrides: Any) -> LlamaConfig:
-    """The tiny Vicuna-like Llama config for ``tokenizer``; keyword overrides replace defaults."""
-    values = dict(TINY_LLM_CONFIG)
+def tiny_llm_config(tokenizer: PreTrainedTokenizerBase, family: str = "llama", **overrides: Any) -> PretrainedConfig:
+    """The tiny Vicuna-like config of ``family`` for ``tokenizer``; keyword overrides replace defaults."""
+    if family not in TINY_FAMILY_OVERRIDES:
+        raise ValueError(f"Unknown tiny model family '{family}'. Known: {', '.join(TINY_FAMILY_OVERRIDES)}.")
+    values = {**TINY_LLM_CONFIG, **TINY_FAMILY_OVERRIDES[family]}
     values.update(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
@@ -111,25 +122,26 @@ def tiny_llm_config(tokenizer: PreTrainedTokenizerBase, **overrides: Any) -> Lla
         pad_token_id=tokenizer.pad_token_id,
     )
     values.update(overrides)
-    return LlamaConfig(**values)
+    return FAMILIES[family].family.config(**values)
 
 
 def build_tiny_llm(
-    out_dir: str | Path, tokenizer: PreTrainedTokenizerBase, seed: int = 0, **overrides: Any
+    out_dir: str | Path, tokenizer: PreTrainedTokenizerBase, seed: int = 0, family: str = "llama", **overrides: Any
 ) -> Path:
-    """Save a random-init tiny ``LlamaForCausalLM`` and ``tokenizer`` together under ``out_dir``.
+    """Save a random-init tiny decoder of ``family`` and ``tokenizer`` together under ``out_dir``.
 
     The vocabulary size and the bos/eos/pad ids come from the tokenizer; ``overrides`` replace any
     config value (e.g. ``num_hidden_layers=2``).
     """
     out_dir = Path(out_dir)
-    config = tiny_llm_config(tokenizer, **overrides)
-    model = _seeded_init(LlamaForCausalLM, config, seed)
+    config = tiny_llm_config(tokenizer, family, **overrides)
+    model = _seeded_init(FAMILIES[family].family.causal_lm, config, seed)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     num_params = sum(p.numel() for p in model.parameters())
     logger.info(
-        "Saved tiny Llama (%d parameters, vocab %d, seed %d) with its tokenizer to %s",
+        "Saved tiny %s (%d parameters, vocab %d, seed %d) with its tokenizer to %s",
+        family,
         num_params,
         config.vocab_size,
         seed,
@@ -138,4 +150,4 @@ def build_tiny_llm(
     return out_dir
 
 
-__all__ = ["build_tiny_clip", "build_tiny_llm", "tiny_clip_image_processor", "tiny_llm_config"]
+__all__ = ["TINY_FAMILY_OVERRIDES", "build_tiny_clip", "build_tiny_llm", "tiny_clip_image_processor", "tiny_llm_config"]

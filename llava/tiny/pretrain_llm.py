@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llava.constants import IGNORE_INDEX
 from llava.train.preprocess import tokenize_conversation
@@ -86,7 +86,7 @@ def pretrain_tiny_llm(llm_dir: str | Path, steps: int, seed: int = 0, batch_size
     """
     llm_dir = Path(llm_dir)
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
-    model = LlamaForCausalLM.from_pretrained(llm_dir).train()
+    model = AutoModelForCausalLM.from_pretrained(llm_dir).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps,
                                                    pct_start=0.05)

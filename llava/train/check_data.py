@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from llava.mm_utils import get_anyres_image_grid_shape
-from llava.model.language_model.llava_llama import DEFAULT_GRID_PINPOINTS
+from llava.model.language_model.llava_decoder import DEFAULT_GRID_PINPOINTS
 from llava.train.data import read_records, tokens_kept
 from llava.train.record_checks import (
     NOTICE_KINDS,

@@ -117,9 +117,9 @@ def test_llama_model_type_raises_listing_known(saved, tmp_path):
 def test_unregistered_model_type_raises_listing_known(saved, tmp_path):
     path = copy_checkpoint(saved[1], tmp_path / "ckpt")
     config = json.loads((path / "config.json").read_text())
-    config["model_type"] = "llava_mistral"  # a LLaVA-NeXT model type this package does not provide
+    config["model_type"] = "llava_gemma"  # a LLaVA-style model type this package does not provide
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"llava_mistral.*llava_llama"):
+    with pytest.raises(ValueError, match=r"llava_gemma.*llava_llama.*llava_qwen"):
         load_pretrained_model(str(path), device="cpu")
 
 

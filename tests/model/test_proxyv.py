@@ -21,7 +21,7 @@ from transformers import AutoConfig
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model import LlavaConfig, LlavaProxyVConfig, LlavaProxyVLlamaForCausalLM
-from llava.model.language_model.proxyv_llama import proxyv_config_from
+from llava.model.model_registry import causal_lm_class_for_config, config_for_class
 from tests.paths import GOLDEN
 from tests.proxyv_fixtures import (
     MIXED_CROPS,
@@ -60,19 +60,32 @@ def rope(states, positions, theta):
     return states * cos + torch.cat([-second, first], -1) * sin
 
 
+def project(attn, config, rows, part):
+    """The `part` ("q", "k" or "v") projection of rows [S, D] -> [S, width], whatever the family's layout:
+    separate q/k/v Linear layers (Llama, Mistral, Qwen2 with biases, Qwen3) or one fused qkv (Phi-3)."""
+    if hasattr(attn, "qkv_proj"):
+        head_dim = attn.head_dim
+        sizes = [config.num_attention_heads * head_dim] + [config.num_key_value_heads * head_dim] * 2
+        return dict(zip("qkv", attn.qkv_proj(rows).split(sizes, dim=-1)))[part]
+    return getattr(attn, f"{part}_proj")(rows)
+
+
 def attention(layer, config, query_in, query_pos, key_in, key_pos, visible):
-    """Llama attention of query rows [Q, D] over key rows [K, D]; visible [Q, K] bool.
+    """The decoder's attention of query rows [Q, D] over key rows [K, D]; visible [Q, K] bool.
 
     Returns the output [Q, D] and the rotated keys / values [Hkv, K, hd] (what a cache holds).
     """
     attn = layer.self_attn
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = config.hidden_size // heads
+    head_dim = attn.head_dim
     theta = config.rope_parameters["rope_theta"]
-    q = attn.q_proj(query_in).view(-1, heads, head_dim).transpose(0, 1)  # [H, Q, hd]
-    k = attn.k_proj(key_in).view(-1, kv_heads, head_dim).transpose(0, 1)  # [Hkv, K, hd]
-    v = attn.v_proj(key_in).view(-1, kv_heads, head_dim).transpose(0, 1)
-    q, k = rope(q, query_pos, theta), rope(k, key_pos, theta)
+    q = project(attn, config, query_in, "q").view(-1, heads, head_dim)  # [Q, H, hd]
+    k = project(attn, config, key_in, "k").view(-1, kv_heads, head_dim)  # [K, Hkv, hd]
+    v = project(attn, config, key_in, "v").view(-1, kv_heads, head_dim).transpose(0, 1)
+    if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head before RoPE
+        q = rms_norm(q, attn.q_norm.weight, config.rms_norm_eps)
+        k = rms_norm(k, attn.k_norm.weight, config.rms_norm_eps)
+    q, k = rope(q.transpose(0, 1), query_pos, theta), rope(k.transpose(0, 1), key_pos, theta)
     group = heads // kv_heads
     scores = q @ k.repeat_interleave(group, 0).transpose(1, 2) / math.sqrt(head_dim)  # [H, Q, K]
     scores = scores.masked_fill(~visible[None], float("-inf"))
@@ -81,8 +94,13 @@ def attention(layer, config, query_in, query_pos, key_in, key_pos, visible):
 
 
 def ffn(layer, x):
+    """The gated SiLU FFN: separate gate/up projections, or Phi-3's fused gate_up_proj."""
     mlp = layer.mlp
-    return mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+    if hasattr(mlp, "gate_up_proj"):
+        gate, up = mlp.gate_up_proj(x).chunk(2, dim=-1)
+    else:
+        gate, up = mlp.gate_proj(x), mlp.up_proj(x)
+    return mlp.down_proj(F.silu(gate) * up)
 
 
 def build_sequence(model, sample, images, scheme):
@@ -632,7 +650,7 @@ def test_authors_config_reads_release(tmp_path):
     assert authors.model_type == "llava_llama"
     assert isinstance(authors, LlavaConfig)
     assert authors.image_newline_positions == "release"
-    converted = proxyv_config_from(authors)
+    converted = config_for_class(authors, causal_lm_class_for_config(authors))
     assert isinstance(converted, LlavaProxyVConfig)
     assert converted.image_newline_positions == "release"
     assert converted.proxyv_start_layer == 1

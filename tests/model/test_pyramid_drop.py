@@ -7,8 +7,8 @@ import torch
 from transformers import AutoConfig
 
 from llava.constants import IMAGE_TOKEN_INDEX
+from llava.model import LlavaPyramidDropLlamaForCausalLM
 from llava.model.builder import load_pretrained_model
-from llava.model.language_model.pyramid_drop_llama import LlavaPyramidDropLlamaForCausalLM
 from llava.model.layout import TOKEN_VISION
 from llava.model.masks import additive_mask, position_causal_visibility
 from llava.model.model_registry import causal_lm_class_for_config

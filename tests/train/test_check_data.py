@@ -11,7 +11,7 @@ from PIL import Image
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from llava.mm_utils import process_anyres_image
-from llava.model.language_model.llava_llama import DEFAULT_GRID_PINPOINTS
+from llava.model.language_model.llava_decoder import DEFAULT_GRID_PINPOINTS
 from llava.train.check_data import TokenBudget, check_data, main
 from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, load_records
 from llava.train.record_checks import BadRecord, check_image_file

@@ -1,6 +1,6 @@
-"""The ProxyV decoder layer: a Llama decoder layer that, given a `ProxyVPlan`, runs on two streams.
+"""The ProxyV decoder layer: a family's decoder layer that, given a `ProxyVPlan`, runs on two streams.
 
-Without a plan (decoding steps, text-only batches) it is the ordinary Llama layer. With one it
+Without a plan (decoding steps, text-only batches) it is the family's ordinary layer. With one it
 does DESIGN.md section 4 steps 1-5: RMSNorm on both streams; attention whose queries are the
 light stream (text, newlines, proxies) and whose keys/values are the full tokens as they enter
 the layer plus the light stream; residual + FFN on the light stream only; the guided update of the
@@ -10,39 +10,20 @@ the same forward with a different full-stream update. The KV cache receives the 
 values (never the proxies), so decoding afterwards is ordinary attention.
 """
 
-import logging
-
 import torch
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, eager_attention_forward, rotate_half
 
+from ..attention import HeadProjection, attend
 from .modules import UnguidedVisionMLP, VisionMLP, proxy_guidance
 from .plan import ProxyVPlan
 
-logger = logging.getLogger(__name__)
-_warned_flash = False
 
+class ProxyVLayerMixin:
+    """The two-stream ProxyV forward, mixed in front of a family's decoder layer class.
 
-def _attention_interface(config):
-    """eager or sdpa as configured; flash-attention cannot take ProxyV's mask, so sdpa stands in."""
-    global _warned_flash
-    name = config._attn_implementation
-    if name == "flash_attention_2":
-        if not _warned_flash:
-            logger.warning("ProxyV layers need an arbitrary mask that flash-attention cannot take; they use sdpa.")
-            _warned_flash = True
-        name = "sdpa"
-    return ALL_ATTENTION_FUNCTIONS.get_interface(name, eager_attention_forward)
+    `projection` is the family's `HeadProjection` (how its attention module makes q/k/v heads).
+    """
 
-
-def _rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE on [B, H, S, hd] with per-token cos/sin [B, S, hd]."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return states * cos + rotate_half(states) * sin
-
-
-class ProxyVDecoderLayer(LlamaDecoderLayer):
-    """Llama decoder layer with the two-stream ProxyV forward."""
+    projection: HeadProjection
 
     def forward(self, hidden_states, proxy_states=None, assignment=None, proxyv_plan: ProxyVPlan | None = None,
                 vision_mlp: VisionMLP | UnguidedVisionMLP | None = None, rotary=None, **kwargs):
@@ -60,10 +41,11 @@ class ProxyVDecoderLayer(LlamaDecoderLayer):
         light_in = torch.cat([plan.gather_light(hidden), proxies], dim=1)  # [B, Tl + P, D]
         normed_natural = self.input_layernorm(hidden)  # [B, T, D]: full tokens as they enter
         normed_light = self.input_layernorm(light_in)
-        attn_out = self._attend(normed_light, torch.cat([normed_natural, normed_light[:, plan.num_light_slots :]], 1),
-                                plan, rotary, past_key_values, hidden.shape[1])
-        light = light_in + attn_out
-        light = light + self.mlp(self.post_attention_layernorm(light))  # [B, Tl + P, D]
+        key_in = torch.cat([normed_natural, normed_light[:, plan.num_light_slots :]], 1)  # [B, T + P, D]
+        attn_out = attend(self.self_attn, self.projection, normed_light, key_in, plan.query_positions,
+                          plan.key_positions, rotary, plan.attention_mask, past_key_values, hidden.shape[1])
+        light = light_in + self.projection.after_attention(self, attn_out)
+        light = light + self.projection.after_mlp(self, self.mlp(self.post_attention_layernorm(light)))
 
         new_proxies = light[:, plan.num_light_slots :]  # [B, P, D]
         full = plan.gather_full(hidden)  # [N, G, D] entering this layer
@@ -76,7 +58,7 @@ class ProxyVDecoderLayer(LlamaDecoderLayer):
         study variants' `UnguidedVisionMLP`; or, with no module (`skip_vision_attention`), this layer's
         own FFN with its residual, as if the attention had added nothing."""
         if vision_mlp is None:
-            return full + self.mlp(self.post_attention_layernorm(full))
+            return full + self.projection.after_mlp(self, self.mlp(self.post_attention_layernorm(full)))
         if isinstance(vision_mlp, UnguidedVisionMLP):
             return vision_mlp(full)
         config = self.self_attn.config
@@ -85,22 +67,3 @@ class ProxyVDecoderLayer(LlamaDecoderLayer):
         if full.shape[0] == 0:  # a text-only training batch: no crops, empty tensors of mismatched widths
             guidance = guidance[:, : full.shape[1]]
         return vision_mlp(full, guidance)
-
-    def _attend(self, query_in, key_in, plan, rotary, past_key_values, seq_len):
-        """Attention of light+proxy queries over natural+proxy keys; caches the natural keys/values."""
-        attn = self.self_attn
-        q_shape = (*query_in.shape[:-1], -1, attn.head_dim)
-        k_shape = (*key_in.shape[:-1], -1, attn.head_dim)
-        query = attn.q_proj(query_in).view(q_shape).transpose(1, 2)  # [B, H, Q, hd]
-        key = attn.k_proj(key_in).view(k_shape).transpose(1, 2)  # [B, Hkv, K, hd]
-        value = attn.v_proj(key_in).view(k_shape).transpose(1, 2)
-        q_cos, q_sin = rotary(query_in, plan.query_positions)
-        k_cos, k_sin = rotary(key_in, plan.key_positions)
-        query, key = _rotate(query, q_cos, q_sin), _rotate(key, k_cos, k_sin)
-        if past_key_values is not None:
-            past_key_values.update(key[:, :, :seq_len], value[:, :, :seq_len], attn.layer_idx)
-        output, _ = _attention_interface(attn.config)(
-            attn, query, key, value, plan.attention_mask,
-            dropout=0.0 if not self.training else attn.attention_dropout, scaling=attn.scaling,
-        )
-        return attn.o_proj(output.reshape(*query_in.shape[:-1], -1).contiguous())

@@ -11,7 +11,21 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32 and cast back (the decoders' own norm, written once for every family)."""
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        dtype = states.dtype
+        states = states.float()
+        states = states * torch.rsqrt(states.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * states.to(dtype)
 
 
 def reduced_hidden_size(hidden_size: int, reduce_factor: int | None) -> int:
@@ -80,7 +94,7 @@ class VisionMLP(nn.Module):
             nn.SiLU(),
             nn.Linear(reduced_size, hidden_size, bias=False),
         )
-        self.layernorm_post = LlamaRMSNorm(hidden_size, eps=rms_norm_eps)
+        self.layernorm_post = RMSNorm(hidden_size, eps=rms_norm_eps)
 
     def forward(self, full_states: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         """full_states [N, G, D], guidance [N, G, d_m] (already through context_proj) -> [N, G, D]."""
@@ -100,7 +114,7 @@ class UnguidedVisionMLP(nn.Module):
         super().__init__()
         self.input_proj = nn.Linear(hidden_size, reduced_size, bias=False)
         self.output_proj = nn.Linear(reduced_size, hidden_size, bias=False)
-        self.layernorm_post = LlamaRMSNorm(hidden_size, eps=rms_norm_eps)
+        self.layernorm_post = RMSNorm(hidden_size, eps=rms_norm_eps)
 
     def forward(self, full_states: torch.Tensor) -> torch.Tensor:
         """[N, G, D] -> [N, G, D]."""

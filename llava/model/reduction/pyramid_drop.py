@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
+from ..attention import HeadProjection, project_heads
 from ..layout import TOKEN_PAD, TOKEN_VISION
 from ..masks import additive_mask, position_causal_visibility
 
@@ -72,24 +72,20 @@ def find_instruction_index(attention_mask: torch.Tensor, labels: torch.Tensor | 
     return torch.where(supervised.any(dim=1), (first - 1).clamp(min=0), last_real)
 
 
-def instruction_attention(layer, entering: torch.Tensor, state: StageState, query_slot: torch.Tensor,
-                          rotary) -> torch.Tensor:
+def instruction_attention(layer, projection: HeadProjection, entering: torch.Tensor, state: StageState,
+                          query_slot: torch.Tensor, rotary) -> torch.Tensor:
     """[B, Ts] attention of each sample's instruction token over the stage's tokens, mean over heads.
 
-    Recomputed from `layer`'s q/k on the hidden states entering it, with RoPE at original positions.
+    Recomputed from `layer`'s q/k (through the family's `projection`) on the hidden states entering
+    it, with RoPE at original positions.
     """
     attn = layer.self_attn
     batch = torch.arange(entering.shape[0], device=entering.device)
     normed = layer.input_layernorm(entering)  # [B, Ts, D]
-    query_in = normed[batch, query_slot][:, None]  # [B, 1, D]
-    query = attn.q_proj(query_in).view(entering.shape[0], 1, -1, attn.head_dim).transpose(1, 2)  # [B, H, 1, hd]
-    keys = attn.k_proj(normed).view(*normed.shape[:2], -1, attn.head_dim).transpose(1, 2)  # [B, Hkv, Ts, hd]
     query_position = state.position_ids[batch, query_slot][:, None]  # [B, 1]
-    q_cos, q_sin = rotary(query_in, query_position)
-    k_cos, k_sin = rotary(normed, state.position_ids)
-    query, _ = apply_rotary_pos_emb(query, query, q_cos, q_sin)
-    keys, _ = apply_rotary_pos_emb(keys, keys, k_cos, k_sin)
-    keys = repeat_kv(keys, attn.num_key_value_groups)  # [B, H, Ts, hd]
+    query, keys, _ = project_heads(attn, projection, normed[batch, query_slot][:, None], normed, query_position,
+                                   state.position_ids, rotary)  # [B, H, 1, hd], [B, Hkv, Ts, hd]
+    keys = keys.repeat_interleave(query.shape[1] // keys.shape[1], dim=1)  # [B, H, Ts, hd]
     logits = (query @ keys.transpose(-1, -2)).float() * attn.scaling  # [B, H, 1, Ts]
     visible = state.valid & (state.position_ids <= query_position)  # [B, Ts]
     logits = logits.masked_fill(~visible[:, None, None], torch.finfo(logits.dtype).min)

@@ -1,5 +1,6 @@
-"""PyramidDrop on the LLaVA baseline: the same weights and config (`llava_llama` with
-`pyramid_drop_layers` set), a decoder that drops vision tokens in stages (`llava.model.reduction.pyramid_drop`).
+"""PyramidDrop on the LLaVA baseline of any family (mixins): the same weights and config (the
+family's baseline `model_type` with `pyramid_drop_layers` set), a decoder that drops vision tokens
+in stages (`llava.model.reduction.pyramid_drop`).
 
 Prefill runs stage by stage with a position-causal mask over each stage's real tokens; every layer
 caches the keys of its own stage, so per-layer cache lengths differ. A `PyramidDropCache` carries
@@ -11,6 +12,8 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from ...constants import IGNORE_INDEX
+from ..attention import HeadProjection
+from ..backends import require_masks_supported
 from ..layout import TOKEN_VISION, MultimodalLayout
 from ..masks import additive_mask
 from ..reduction.pyramid_drop import (
@@ -23,19 +26,17 @@ from ..reduction.pyramid_drop import (
     keep_mask,
     pack,
 )
-from .llava_llama import LlavaConfig, LlavaLlamaForCausalLM, LlavaLlamaModel
 
 
-class LlavaPyramidDropLlamaModel(LlavaLlamaModel):
-    """LLaVA decoder that keeps `pyramid_drop_ratio` of the vision tokens after each `pyramid_drop_layers` layer."""
+class PyramidDropDecoderModel:
+    """LLaVA decoder that keeps `pyramid_drop_ratio` of the vision tokens after each `pyramid_drop_layers`
+    layer (mixed in front of a family's `LlavaDecoderModel`; `projection` is the family's)."""
 
-    config_class = LlavaConfig
+    projection: HeadProjection
 
-    def __init__(self, config: LlavaConfig):
+    def __init__(self, config):
         super().__init__(config)
-        if config._attn_implementation == "flash_attention_2":
-            raise ValueError("PyramidDrop needs per-stage 4D attention masks that flash-attention cannot take; "
-                             "use attn_implementation='sdpa' (or 'eager').")
+        require_masks_supported(config)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, use_cache=None, multimodal_layout: MultimodalLayout | None = None,
@@ -74,7 +75,7 @@ class LlavaPyramidDropLlamaModel(LlavaLlamaModel):
             if stage < len(drops) and layer_idx == drops[stage]:
                 # Layer `layer_idx` is the first to see fewer tokens; its own q/k rank them.
                 query_slot = (state.index == query_index[:, None]).long().argmax(dim=1)  # [B]
-                scores = instruction_attention(layer, stage_hidden, state, query_slot, self.rotary_emb)  # [B, Ts]
+                scores = instruction_attention(layer, self.projection, stage_hidden, state, query_slot, self.rotary_emb)  # [B, Ts]
                 keep = keep_mask(scores, state, schedule.keep_vision[stage].to(hidden.device))
                 output = _scatter_rows(output, state, stage_hidden)
                 stage += 1
@@ -120,10 +121,9 @@ def _scatter_rows(output: torch.Tensor, state: StageState, stage_hidden: torch.T
     return padded[:, :-1]
 
 
-class LlavaPyramidDropLlamaForCausalLM(LlavaLlamaForCausalLM):
+class PyramidDropCausalLM:
     """The LLaVA causal LM with the PyramidDrop decoder (picked by `pyramid_drop_layers` in the config)."""
 
-    inner_model_class = LlavaPyramidDropLlamaModel
     runs_pyramid_drop = True
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,

@@ -1,24 +1,18 @@
-"""Baseline LLaVA-NeXT model on Llama: `LlavaConfig`, `LlavaLlamaModel`, `LlavaLlamaForCausalLM`.
+"""The baseline LLaVA-NeXT model, for any decoder family: config fields, inner model, causal LM.
 
-The decoder is transformers' Llama unchanged; this module adds the multimodal input step, the
-attention mask that follows the layout's position ids, and generation from images. Registered with
-the Auto classes under `model_type = "llava_llama"`.
+These are mixins. `llava.model.language_model.families` combines them with a family's own
+transformers classes (`LlamaConfig` / `LlamaModel` / `LlamaForCausalLM`, `Qwen2*`, `Phi3*`, ...), so
+the decoder is that family's unchanged; this module adds the multimodal input step, the attention
+mask that follows the layout's position ids, and generation from images.
 """
 
 import logging
+from dataclasses import dataclass
 
 import torch
-from huggingface_hub.dataclasses import strict
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    LlamaModel,
-)
-from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
+from transformers import PreTrainedModel
 
-from ..checkpoint_names import register_release_weight_names
+from ..backends import require_masks_supported
 from ..layout import MultimodalLayout
 from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 from ..masks import additive_mask, position_causal_visibility
@@ -36,9 +30,10 @@ def _check_choice(name: str, value, choices) -> None:
         raise ValueError(f"Unknown {name} '{value}'. Known: {', '.join(map(str, choices))}.")
 
 
-@strict
-class LlavaConfig(LlamaConfig):
-    """Llama config plus the multimodal options (names as in LLaVA-NeXT and the ProxyV release).
+@dataclass
+class LlavaConfigFields:
+    """The multimodal options of a LLaVA config (names as in LLaVA-NeXT and the ProxyV release),
+    mixed in front of a decoder family's own config class.
 
     `image_newline_positions` picks the newline position scheme (DESIGN.md section 5). Left unset,
     it is `"release"` for a config written by the authors' code (it has their `proxyv` key) and
@@ -48,8 +43,6 @@ class LlavaConfig(LlamaConfig):
     `visionzip_dominant + visionzip_contextual` tokens per crop; `pyramid_drop_layers` (e.g. [12, 20, 26])
     keeps `pyramid_drop_ratio` of the remaining vision tokens after the first l layers, for each listed l.
     """
-
-    model_type = "llava_llama"
 
     mm_vision_tower: str | None = None
     mm_vision_tower_config: dict | None = None
@@ -87,34 +80,32 @@ class LlavaConfig(LlamaConfig):
         study_keys = [key for key in ("proxyv_variant", "vision_mask_ratio") if kwargs.get(key) not in (None, "proxyv")]
         if study_keys and not self.proxyv:
             raise ValueError(f"{', '.join(study_keys)} are options of the ProxyV decoder, which this baseline config "
-                             "would ignore: build a LlavaProxyVConfig (model_type 'llava_proxyv_llama') instead.")
+                             "would ignore: build the family's ProxyV config (e.g. LlavaProxyVConfig) instead.")
         super().__post_init__(**kwargs)
 
 
-class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
-    """Llama decoder that also owns the vision tower, projector and image newline."""
+class LlavaDecoderModel(LlavaMetaModel):
+    """A family's decoder model that also owns the vision tower, projector and image newline."""
 
-    config_class = LlavaConfig
-
-    def __init__(self, config: LlavaConfig):
+    def __init__(self, config):
         super().__init__(config)
         self.init_multimodal_modules(config)
         self.post_init()
 
 
-class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
-    """The baseline LLaVA-NeXT causal LM: images in, text out."""
+class LlavaCausalLM(LlavaMetaForCausalLM):
+    """The baseline LLaVA-NeXT causal LM: images in, text out (mixed in front of a family's
+    `*ForCausalLM`; `inner_model_class` is the family's `LlavaDecoderModel`)."""
 
-    config_class = LlavaConfig
-    inner_model_class = LlavaLlamaModel
-    runs_pyramid_drop = False  # the PyramidDrop subclass sets it
+    inner_model_class: type
+    runs_pyramid_drop = False  # the PyramidDrop classes set it
 
-    def __init__(self, config: LlavaConfig):
+    def __init__(self, config):
         if getattr(config, "pyramid_drop_layers", None) and not self.runs_pyramid_drop:
             raise ValueError(f"This config asks for PyramidDrop (pyramid_drop_layers={config.pyramid_drop_layers}), which "
                              f"{type(self).__name__} does not run; load it with llava.model.builder.load_pretrained_model "
                              "(or the class llava.model.model_registry.causal_lm_class_for_config picks).")
-        LlamaPreTrainedModel.__init__(self, config)
+        PreTrainedModel.__init__(self, config)  # not the family's __init__: it would build a second decoder
         self.model = self.inner_model_class(config)
         self.vocab_size = config.vocab_size
         self.lm_head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -166,12 +157,7 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
         mask that follows position ids, as the authors' release does."""
         if layout.index_causal:
             return layout.attention_mask
-        if self.config._attn_implementation == "flash_attention_2":
-            raise ValueError(
-                "This checkpoint uses the release newline positions, whose causal mask follows position ids; "
-                "flash-attention cannot express it. Load it with attn_implementation='sdpa' (the builder does "
-                "this for you) or set image_newline_positions='natural'."
-            )
+        require_masks_supported(self.config)
         return additive_mask(position_causal_visibility(layout.position_ids, layout.attention_mask), dtype)
 
     @torch.no_grad()
@@ -240,7 +226,3 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
             model_kwargs["multimodal_layout"] = layout.repeat_interleave(expand_size)
         return input_ids, model_kwargs
 
-
-AutoConfig.register("llava_llama", LlavaConfig)
-AutoModelForCausalLM.register(LlavaConfig, LlavaLlamaForCausalLM)
-register_release_weight_names("LlavaLlamaForCausalLM")

@@ -1,24 +1,25 @@
-"""ProxyV on Llama: `LlavaProxyVConfig`, `LlavaProxyVLlamaModel`, `LlavaProxyVLlamaForCausalLM`.
+"""ProxyV for any decoder family: config fields, inner model and causal LM (mixins).
 
-Layers `0 .. s-1` are ordinary; from `s = proxyv_start_layer` on, each layer is a
-`ProxyVDecoderLayer` running the two-stream computation of DESIGN.md section 4 with its own
-`VisionMLP`. `proxyv_variant` selects instead one of the paper's study variants from layer `s`
-(`llava.model.proxyv.study`). Our checkpoints save as `model_type = "llava_proxyv_llama"`; the authors' release
-(`model_type = "llava_llama"` with `proxyv: true`) loads into the same classes via the builder.
+Layers `0 .. s-1` are ordinary; from `s = proxyv_start_layer` on, each layer is the family's
+ProxyV decoder layer (`llava.model.proxyv.layer`) running the two-stream computation of
+docs/design.md ("ProxyV, exactly") with its own `VisionMLP`. `proxyv_variant` selects instead one
+of the paper's study variants from layer `s` (`llava.model.proxyv.study`). Our checkpoints save as
+`llava_proxyv_<family>`; the authors' releases (`llava_llama` / `llava_qwen` / `llava_phi` with
+`proxyv: true`) load into the same classes via the builder. `llava.model.language_model.families`
+combines these mixins with each family's classes.
 """
 
 import math
+from dataclasses import dataclass
 
-from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from ..checkpoint_names import register_release_weight_names
+from ..backends import require_masks_supported
 from ..layout import MultimodalLayout
 from ..masks import additive_mask
-from ..proxyv.layer import ProxyVDecoderLayer
 from ..proxyv.modules import (
     LearnedProxyInitializer,
     UnguidedVisionMLP,
@@ -28,12 +29,11 @@ from ..proxyv.modules import (
 )
 from ..proxyv.plan import ProxyVPlan, build_proxyv_plan
 from ..proxyv.study import PROXYV_VARIANTS, start_layer_for_mask_ratio, vision_masked_visibility
-from .llava_llama import LlavaConfig, LlavaLlamaForCausalLM, LlavaLlamaModel
 
 
-@strict
-class LlavaProxyVConfig(LlavaConfig):
-    """LLaVA config plus ProxyV's options (names as in the authors' release).
+@dataclass
+class ProxyVConfigFields:
+    """ProxyV's options (names as in the authors' release), mixed in front of a family's LLaVA config.
 
     `proxyv_start_layer` defaults to the middle layer; `s = num_hidden_layers` means no ProxyV
     layer. `hidden_size_reduce_factor` defaults to 4 when hidden_size >= 1024, else 2.
@@ -42,8 +42,6 @@ class LlavaProxyVConfig(LlavaConfig):
     (training-free, no new weights), "skip_vision_attention" or "vision_mlp". `vision_mask_ratio` q
     (mask_vision_attention only) sets s = L - round(q*L), the top round(q*L) layers masked.
     """
-
-    model_type = "llava_proxyv_llama"
 
     proxyv_start_layer: int | None = None
     proxyv_reduce_factor: int = 4
@@ -118,21 +116,22 @@ class LlavaProxyVConfig(LlavaConfig):
         return self.num_proxies_per_crop if self.proxyv_variant == "proxyv" else 0
 
 
-class LlavaProxyVLlamaModel(LlavaLlamaModel):
-    """LLaVA decoder whose layers from `proxyv_start_layer` on are ProxyV (or study-variant) layers.
+class ProxyVDecoderModel:
+    """LLaVA decoder whose layers from `proxyv_start_layer` on are ProxyV (or study-variant) layers
+    (mixed in front of a family's `LlavaDecoderModel`; `proxyv_layer_class` is the family's layer).
 
     `vision_mlp_layers` holds one `VisionMLP` per ProxyV layer, one `UnguidedVisionMLP` per layer for
     the `vision_mlp` variant, and nothing for `skip_vision_attention` / `mask_vision_attention`.
     """
 
-    config_class = LlavaProxyVConfig
+    proxyv_layer_class: type
 
-    def __init__(self, config: LlavaProxyVConfig):
+    def __init__(self, config):
         super().__init__(config)
         start, num_layers, variant = config.proxyv_start_layer, config.num_hidden_layers, config.proxyv_variant
         if variant != "mask_vision_attention":  # the masked variant keeps ordinary layers
             for index in range(start, num_layers):
-                self.layers[index] = ProxyVDecoderLayer(config, index)
+                self.layers[index] = self.proxyv_layer_class(config, index)
         reduced = reduced_hidden_size(config.hidden_size, config.hidden_size_reduce_factor)
         mlp_class = {"proxyv": VisionMLP, "vision_mlp": UnguidedVisionMLP}.get(variant)
         self.vision_mlp_layers = nn.ModuleList(
@@ -193,9 +192,7 @@ class LlavaProxyVLlamaModel(LlavaLlamaModel):
 
     def _vision_masked_layers(self, hidden, layout: MultimodalLayout, past_key_values, use_cache, **kwargs):
         """Layers s .. L-1 of `mask_vision_attention`: ordinary layers, vision queries blind to other vision keys."""
-        if self.config._attn_implementation == "flash_attention_2":
-            raise ValueError("proxyv_variant 'mask_vision_attention' needs an arbitrary attention mask, which "
-                             "flash-attention cannot take; load the model with attn_implementation='sdpa'.")
+        require_masks_supported(self.config)
         mask = additive_mask(vision_masked_visibility(layout), hidden.dtype)  # [B, 1, T, T]
         position_embeddings = self.rotary_emb(hidden, position_ids=layout.position_ids)
         for layer in self.layers[self.config.proxyv_start_layer :]:
@@ -232,23 +229,8 @@ class LlavaProxyVLlamaModel(LlavaLlamaModel):
         return plan.arrange_proxies(proxies, hidden.shape[0]), assignment
 
 
-class LlavaProxyVLlamaForCausalLM(LlavaLlamaForCausalLM):
+class ProxyVCausalLM:
     """LLaVA causal LM with the ProxyV decoder; same inputs, outputs and generation as the baseline."""
-
-    config_class = LlavaProxyVConfig
-    inner_model_class = LlavaProxyVLlamaModel
 
     def decoder_layout_kwargs(self, layout: MultimodalLayout | None) -> dict:
         return {"multimodal_layout": layout}
-
-
-def proxyv_config_from(config) -> LlavaProxyVConfig:
-    """A ProxyV config from any LLaVA config dict-compatible object (e.g. the authors' `llava_llama`)."""
-    values = config.to_dict()
-    values.pop("model_type", None)
-    return LlavaProxyVConfig(**values)
-
-
-AutoConfig.register("llava_proxyv_llama", LlavaProxyVConfig)
-AutoModelForCausalLM.register(LlavaProxyVConfig, LlavaProxyVLlamaForCausalLM)
-register_release_weight_names("LlavaProxyVLlamaForCausalLM")

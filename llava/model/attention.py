@@ -1,0 +1,132 @@
+"""The one attention primitive behind every masked decoder computation, and how each decoder family
+turns hidden states into query / key / value heads.
+
+ProxyV layers (light-stream queries over natural + proxy keys), PyramidDrop's ranking query and
+the release-scheme / study-variant masks all need attention whose queries and keys are *different*
+token streams with their own RoPE positions. `project_heads` gives the rotated heads for such a
+pair of streams; `attend` runs the configured attention backend on them (`backends.py` decides
+which one can take an arbitrary mask) and returns the output projection.
+
+What differs per family lives in a `HeadProjection` (docs/design.md, "Decoder families"):
+* `SeparateProjections`: `q_proj`, `k_proj`, `v_proj` (Llama, Mistral, Qwen2 — whose biases live
+  inside the Linear layers — and converted InternLM2);
+* `QKNormProjections`: the same plus a per-head RMSNorm on queries and keys before RoPE (Qwen3);
+* `FusedQKVProjection`: one `qkv_proj` whose output is [q | k | v] (Phi-3).
+Residual dropout around attention / FFN (Phi-3's `resid_*_dropout`) is part of the projection
+object too, so a layer never looks for family-specific attributes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backends import masked_attention_interface
+
+
+def rotate_half(states: torch.Tensor) -> torch.Tensor:
+    half = states.shape[-1] // 2
+    return torch.cat((-states[..., half:], states[..., :half]), dim=-1)
+
+
+def apply_rope(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on heads [B, H, S, hd] with per-token cos/sin [B, S, r]; only the first r dims rotate
+    (r < hd is partial rotary, e.g. Phi-3 configs with `partial_rotary_factor` < 1)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, S, r]
+    rotary_dim = cos.shape[-1]
+    rotated, passed = states[..., :rotary_dim], states[..., rotary_dim:]
+    rotated = rotated * cos + rotate_half(rotated) * sin
+    return torch.cat([rotated, passed], dim=-1) if passed.shape[-1] else rotated
+
+
+def _heads(states: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """[B, S, H*hd] -> [B, H, S, hd]."""
+    return states.view(*states.shape[:-1], -1, head_dim).transpose(1, 2)
+
+
+class SeparateProjections:
+    """q_proj / k_proj / v_proj Linear layers (with or without bias)."""
+
+    def queries(self, attn: nn.Module, states: torch.Tensor) -> torch.Tensor:
+        return _heads(attn.q_proj(states), attn.head_dim)  # [B, H, S, hd]
+
+    def keys_values(self, attn: nn.Module, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _heads(attn.k_proj(states), attn.head_dim), _heads(attn.v_proj(states), attn.head_dim)
+
+    def after_attention(self, layer: nn.Module, output: torch.Tensor) -> torch.Tensor:
+        """The attention output as the residual adds it (a family may apply dropout here)."""
+        return output
+
+    def after_mlp(self, layer: nn.Module, output: torch.Tensor) -> torch.Tensor:
+        return output
+
+
+class QKNormProjections(SeparateProjections):
+    """Qwen3: RMSNorm over each query / key head (`q_norm`, `k_norm`) before RoPE."""
+
+    def queries(self, attn, states):
+        return attn.q_norm(attn.q_proj(states).view(*states.shape[:-1], -1, attn.head_dim)).transpose(1, 2)
+
+    def keys_values(self, attn, states):
+        keys = attn.k_norm(attn.k_proj(states).view(*states.shape[:-1], -1, attn.head_dim)).transpose(1, 2)
+        return keys, _heads(attn.v_proj(states), attn.head_dim)
+
+
+class FusedQKVProjection(SeparateProjections):
+    """Phi-3: one `qkv_proj` whose output is [queries | keys | values]; residual dropouts.
+
+    The module is called (not its weight sliced) so DeepSpeed ZeRO-3 gathers it; as in the authors'
+    release, the unused part of each call is computed and dropped.
+    """
+
+    def _sizes(self, attn) -> tuple[int, int]:
+        return attn.config.num_attention_heads * attn.head_dim, attn.config.num_key_value_heads * attn.head_dim
+
+    def queries(self, attn, states):
+        query_size, _ = self._sizes(attn)
+        return _heads(attn.qkv_proj(states)[..., :query_size], attn.head_dim)
+
+    def keys_values(self, attn, states):
+        query_size, kv_size = self._sizes(attn)
+        fused = attn.qkv_proj(states)
+        keys = fused[..., query_size : query_size + kv_size]
+        return _heads(keys, attn.head_dim), _heads(fused[..., query_size + kv_size :], attn.head_dim)
+
+    def after_attention(self, layer, output):
+        return layer.resid_attn_dropout(output)
+
+    def after_mlp(self, layer, output):
+        return layer.resid_mlp_dropout(output)
+
+
+HeadProjection = SeparateProjections  # the interface every family's projection implements
+
+
+def project_heads(attn: nn.Module, projection: HeadProjection, query_in: torch.Tensor, key_in: torch.Tensor,
+                  query_positions: torch.Tensor, key_positions: torch.Tensor, rotary: nn.Module):
+    """Rotated query heads [B, H, Q, hd] of `query_in` [B, Q, D] and key / value heads
+    [B, Hkv, K, hd] of `key_in` [B, K, D], each stream at its own RoPE positions."""
+    query = projection.queries(attn, query_in)
+    key, value = projection.keys_values(attn, key_in)
+    q_cos, q_sin = rotary(query_in, query_positions)
+    k_cos, k_sin = rotary(key_in, key_positions)
+    return apply_rope(query, q_cos, q_sin), apply_rope(key, k_cos, k_sin), value
+
+
+def attend(attn: nn.Module, projection: HeadProjection, query_in: torch.Tensor, key_in: torch.Tensor,
+           query_positions: torch.Tensor, key_positions: torch.Tensor, rotary: nn.Module, mask: torch.Tensor,
+           past_key_values=None, cached_keys: int = 0) -> torch.Tensor:
+    """Attention of `query_in` [B, Q, D] over `key_in` [B, K, D] under the additive `mask`
+    [B, 1, Q, K]; returns the output projection [B, Q, D].
+
+    With a cache, the first `cached_keys` keys / values are stored for layer `attn.layer_idx`
+    (ProxyV caches the natural sequence, never the proxies that follow it).
+    """
+    query, key, value = project_heads(attn, projection, query_in, key_in, query_positions, key_positions, rotary)
+    if past_key_values is not None:
+        past_key_values.update(key[:, :, :cached_keys], value[:, :, :cached_keys], attn.layer_idx)
+    output, _ = masked_attention_interface(attn.config)(
+        attn, query, key, value, mask,
+        dropout=attn.attention_dropout if attn.training else 0.0, scaling=attn.scaling,
+    )
+    return attn.o_proj(output.reshape(*query_in.shape[:-1], -1).contiguous())
