@@ -7,8 +7,8 @@ wants to be fast.
 
 Helpers:
 * `tiny_vision_config(**overrides)` -> dict for `mm_vision_tower_config`.
-* `tiny_llava_config(image_size=336, **overrides)` -> `LlavaConfig`.
-* `tiny_llava_model(seed=0, attn_implementation="sdpa", **config_overrides)` -> model in eval mode.
+* `tiny_llava_config(image_size=336, family="llama", **overrides)` -> the family's baseline config.
+* `tiny_llava_model(seed=0, attn_implementation="sdpa", family="llama", **config_overrides)` -> model in eval mode.
 * `random_images(crop_counts, seed=0, image_size=336)` -> list of [C, 3, S, S] tensors.
 * `tiny_wordlevel_tokenizer()` -> a WordLevel `PreTrainedTokenizerFast` over `TINY_VOCAB`.
 * `save_tiny_checkpoint(model, path, tokenizer=None)` -> folder with weights, tokenizer and processor.
@@ -25,7 +25,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, PreTrainedTokenizerFast
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from llava.model import LlavaConfig, LlavaLlamaForCausalLM
+from llava.model import FAMILIES
+from llava.tiny.models import TINY_FAMILY_OVERRIDES
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -67,24 +68,26 @@ def tokens_per_crop(image_size: int = 336, patch_size: int = 14) -> int:
     return (image_size // patch_size) ** 2
 
 
-def tiny_llava_config(image_size: int = 336, **overrides) -> LlavaConfig:
-    """A tiny `LlavaConfig` (2 Llama layers, width 64) with the tiny CLIP tower inlined."""
+def tiny_llava_config(image_size: int = 336, family: str = "llama", **overrides):
+    """A tiny baseline config of `family` (2 layers, width 64) with the tiny CLIP tower inlined."""
     values = {
         **TINY_LLM,
+        **TINY_FAMILY_OVERRIDES[family],
         "mm_vision_tower": "tiny-clip",
         "mm_vision_tower_config": tiny_vision_config(image_size=image_size),
     }
     values.update(overrides)
-    return LlavaConfig(**values)
+    return FAMILIES[family].config(**values)
 
 
-def tiny_llava_model(seed: int = 0, attn_implementation: str = "sdpa", model_class=None, **config_overrides):
+def tiny_llava_model(seed: int = 0, attn_implementation: str = "sdpa", model_class=None, family: str = "llama",
+                     **config_overrides):
     """A randomly initialised tiny model in eval mode; the same seed gives the same weights.
 
-    The global torch RNG is left untouched. `model_class` defaults to `LlavaLlamaForCausalLM`.
+    The global torch RNG is left untouched. `model_class` defaults to the family's baseline class.
     """
-    model_class = model_class or LlavaLlamaForCausalLM
-    config = tiny_llava_config(**config_overrides)
+    model_class = model_class or FAMILIES[family].causal_lm
+    config = tiny_llava_config(family=family, **config_overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class._from_config(config, attn_implementation=attn_implementation)

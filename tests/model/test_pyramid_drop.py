@@ -7,7 +7,7 @@ import torch
 from transformers import AutoConfig
 
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.model import LlavaPyramidDropLlamaForCausalLM
+from llava.model import FAMILIES
 from llava.model.builder import load_pretrained_model
 from llava.model.layout import TOKEN_VISION
 from llava.model.masks import additive_mask, position_causal_visibility
@@ -15,16 +15,16 @@ from llava.model.model_registry import causal_lm_class_for_config
 from llava.model.reduction.pyramid_drop import StageState, find_instruction_index, keep_mask
 from llava.train.arguments import ModelArguments
 from tests.model_fixtures import adamw_steps, save_tiny_checkpoint, tiny_llava_config, tiny_llava_model
-from tests.proxyv_fixtures import MIXED_CROPS, MIXED_SAMPLES, pad_batch, random_crops
+from tests.proxyv_fixtures import FAMILY_NAMES, MIXED_CROPS, MIXED_SAMPLES, pad_batch, random_crops
 
 IMAGE_SIZE = 56  # 16 tokens per crop
 DROP_LAYERS, RATIO = [1, 3], 0.5
 IMG = IMAGE_TOKEN_INDEX
 
 
-def pdrop_model(attn_implementation="eager", seed=0):
-    return tiny_llava_model(seed=seed, image_size=IMAGE_SIZE, attn_implementation=attn_implementation,
-                            model_class=LlavaPyramidDropLlamaForCausalLM, num_hidden_layers=4,
+def pdrop_model(attn_implementation="eager", seed=0, family="llama"):
+    return tiny_llava_model(seed=seed, image_size=IMAGE_SIZE, attn_implementation=attn_implementation, family=family,
+                            model_class=FAMILIES[family].pyramid_drop_causal_lm, num_hidden_layers=4,
                             pyramid_drop_layers=DROP_LAYERS, pyramid_drop_ratio=RATIO)
 
 
@@ -83,14 +83,16 @@ def reference_forward(model, input_ids, images, instruction: int = -1):
     return model.lm_head(inner.norm(final))  # [T, V]
 
 
-def test_forward_matches_a_hand_loop_over_layers():
-    model = pdrop_model()
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_forward_matches_a_hand_loop_over_layers(family):
+    model = pdrop_model(family=family)
     input_ids = torch.tensor([[1, 5, IMG, 6, 7, 8]])
     images = random_crops([3], image_size=IMAGE_SIZE)
     with torch.no_grad():
         logits = model(input_ids=input_ids, images=images).logits[0]
         expected = reference_forward(model, input_ids, images)
-        baseline = tiny_llava_model(image_size=IMAGE_SIZE, attn_implementation="eager", num_hidden_layers=4)
+        baseline = tiny_llava_model(image_size=IMAGE_SIZE, attn_implementation="eager", num_hidden_layers=4,
+                                    family=family)
         baseline_logits = baseline(input_ids=input_ids, images=images).logits[0]
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(logits[-1], baseline_logits[-1], atol=1e-3)  # tokens were dropped
@@ -127,9 +129,10 @@ def test_batch_equals_single_samples_and_backends_agree():
             torch.testing.assert_close(batch_logits[row, : single.shape[0]], single, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 @pytest.mark.parametrize("rows", [[0], [0, 1, 3]], ids=["single", "ragged-batch"])
-def test_generation_with_cache_equals_without(rows):
-    model = pdrop_model("sdpa")
+def test_generation_with_cache_equals_without(rows, family):
+    model = pdrop_model("sdpa", family=family)
     samples = [MIXED_SAMPLES[r] for r in rows]
     per_sample = iter(random_crops(MIXED_CROPS, image_size=IMAGE_SIZE))
     grouped = [[next(per_sample) for token in s if token == IMG] for s in MIXED_SAMPLES]
@@ -185,4 +188,4 @@ def test_selected_from_the_checkpoint_config(tmp_path):
         ids = torch.tensor([[1, 5, IMG, 6, 7]])
         kwargs = {"images": images, "max_new_tokens": 3, "do_sample": False}
         assert torch.equal(model.generate(ids, use_cache=True, **kwargs), model.generate(ids, use_cache=False, **kwargs))
-    assert causal_lm_class_for_config(customized) is not LlavaPyramidDropLlamaForCausalLM
+    assert causal_lm_class_for_config(customized) is not FAMILIES["llama"].pyramid_drop_causal_lm

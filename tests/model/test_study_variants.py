@@ -37,6 +37,7 @@ from tests.model.test_proxyv import (
     rms_norm,
 )
 from tests.proxyv_fixtures import (
+    FAMILY_NAMES,
     MIXED_CROPS,
     MIXED_SAMPLES,
     NUM_LAYERS,
@@ -102,10 +103,12 @@ def assert_matches_reference(model):
 # ----------------------------------------------------------------------------- forward
 
 
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("scheme", ["natural", "release"])
-def test_variant_matches_reference(variant, scheme):
-    model = tiny_proxyv_model(seed=11, proxyv_start_layer=1, proxyv_variant=variant, image_newline_positions=scheme)
+def test_variant_matches_reference(variant, scheme, family):
+    model = tiny_proxyv_model(seed=11, proxyv_start_layer=1, proxyv_variant=variant, image_newline_positions=scheme,
+                              family=family)
     assert_matches_reference(model)
 
 
@@ -148,9 +151,10 @@ def test_sdpa_matches_eager():
 # ----------------------------------------------------------------------------- generation
 
 
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_generation_with_cache_equals_without(variant):
-    model = tiny_proxyv_model(seed=21, proxyv_start_layer=1, proxyv_variant=variant)
+def test_generation_with_cache_equals_without(variant, family):
+    model = tiny_proxyv_model(seed=21, proxyv_start_layer=1, proxyv_variant=variant, family=family)
     sample, images = GEN_SAMPLES[0], random_crops([3], seed=5)
     expected = greedy_by_recomputation(model, sample, images)
     ids = torch.tensor([sample])
