@@ -27,6 +27,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model import FAMILIES, family_for_model_type
+from llava.model.language_model.proxyv_decoder import PROXYV_CONFIG_KEYS
 from llava.tiny.models import TINY_FAMILY_OVERRIDES
 
 PAD_ID = 0
@@ -35,17 +36,7 @@ IMAGE_SIZE = 56  # 56 / 14 = 4: a 4x4 grid per crop
 TOKENS_PER_CROP = 16
 NUM_LAYERS = 4
 
-PROXYV_KEYS = (
-    "proxyv",
-    "proxyv_start_layer",
-    "proxyv_reduce_factor",
-    "per_crop_token_len",
-    "max_num_image_crops",
-    "learn_proxy",
-    "hidden_size_reduce_factor",
-    "proxyv_variant",
-    "vision_mask_ratio",
-)
+PROXYV_KEYS = PROXYV_CONFIG_KEYS
 
 TINY_CLIP = {
     "image_size": IMAGE_SIZE,

@@ -11,6 +11,7 @@ reference, a save -> `load_pretrained_model` round trip, and PyramidDrop / the s
 import pytest
 import torch
 from PIL import Image
+from transformers import AutoConfig
 
 from llava.mm_utils import process_images
 from llava.model import FAMILIES
@@ -36,6 +37,7 @@ from tests.proxyv_fixtures import (
     random_crops,
     save_clip_folder,
     split_crops_by_sample,
+    tiny_proxyv_config,
     tiny_proxyv_model,
     tiny_word_tokenizer,
 )
@@ -159,3 +161,19 @@ def _randomise_biases(model) -> None:
         for name, param in model.named_parameters():
             if name.endswith("_proj.bias"):
                 param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+
+
+def test_authors_phi3_learned_config_keeps_their_spatial_guidance(tmp_path):
+    """The authors' Phi-3 release copies learned proxies back spatially (their file calls the update
+    without `learn_proxy`); their configs load that way, ours keep A P, and a save keeps the choice."""
+    values = tiny_proxyv_model(seed=3, family="phi3", learn_proxy=True).config.to_dict()
+    for key in ("model_type", "image_newline_positions", "learned_proxy_guidance"):
+        values.pop(key)
+    authors = FAMILIES["phi3"].config(**values)  # `llava_phi` with proxyv: true, as their config.json
+    proxyv = FAMILIES["phi3"].proxyv_config(**{k: v for k, v in authors.to_dict().items() if k != "model_type"})
+    assert (proxyv.image_newline_positions, proxyv.learned_proxy_guidance) == ("release", "spatial")
+    qwen = FAMILIES["qwen2"].proxyv_config(**{**{k: v for k, v in values.items() if k != "proxyv"}, "proxyv": True})
+    assert qwen.learned_proxy_guidance == "assignment"  # their Qwen2 file passes learn_proxy
+    assert tiny_proxyv_config(family="phi3", learn_proxy=True).learned_proxy_guidance == "assignment"
+    proxyv.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).learned_proxy_guidance == "spatial"

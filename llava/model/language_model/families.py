@@ -66,6 +66,9 @@ class DecoderFamily:
     causal_lm: type
     decoder_layer: type
     projection: HeadProjection
+    # How the authors' release of this family maps learned proxies back in the guided update
+    # (their Phi-3 file calls the update without `learn_proxy`, so it copies spatially).
+    release_learned_proxy_guidance: str = "assignment"
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,8 @@ def build_family(family: DecoderFamily) -> FamilyClasses:
     causal_lm = _subclass(f"Llava{stem}ForCausalLM", (LlavaCausalLM, family.causal_lm), config_class=config,
                           inner_model_class=model)
     proxyv_config = strict(_subclass(f"LlavaProxyV{stem}Config", (ProxyVConfigFields, config),
-                                     model_type=family.proxyv_model_type))
+                                     model_type=family.proxyv_model_type,
+                                     release_learned_proxy_guidance=family.release_learned_proxy_guidance))
     proxyv_layer = _subclass(f"ProxyV{stem}DecoderLayer", (ProxyVLayerMixin, family.decoder_layer),
                              projection=family.projection)
     proxyv_model = _subclass(f"LlavaProxyV{stem}Model", (ProxyVDecoderModel, model), config_class=proxyv_config,
@@ -141,7 +145,8 @@ FAMILIES: dict[str, FamilyClasses] = {
         DecoderFamily("qwen3", "Qwen3", ("qwen3",), "llava_qwen3", "llava_proxyv_qwen3",
                       Qwen3Config, Qwen3Model, Qwen3ForCausalLM, Qwen3DecoderLayer, QKNormProjections()),
         DecoderFamily("phi3", "Phi", ("phi3",), "llava_phi", "llava_proxyv_phi",
-                      Phi3Config, Phi3Model, Phi3ForCausalLM, Phi3DecoderLayer, FusedQKVProjection()),
+                      Phi3Config, Phi3Model, Phi3ForCausalLM, Phi3DecoderLayer, FusedQKVProjection(),
+                      release_learned_proxy_guidance="spatial"),
     )
 }
 

@@ -10,7 +10,7 @@ combines these mixins with each family's classes.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from torch import nn
 from transformers import DynamicCache
@@ -41,7 +41,14 @@ class ProxyVConfigFields:
     `proxyv_variant` is "proxyv" (default) or a study variant from layer `s`: "mask_vision_attention"
     (training-free, no new weights), "skip_vision_attention" or "vision_mlp". `vision_mask_ratio` q
     (mask_vision_attention only) sets s = L - round(q*L), the top round(q*L) layers masked.
+
+    `learned_proxy_guidance` (learned proxies only) is how the guided update maps the proxies back
+    to the full tokens: "assignment" (A P, docs/design.md) or "spatial" (each proxy copied to its
+    r x r block). Left unset it is "assignment", except for a config written by the authors' code
+    of a family whose release used the spatial copy (their Phi-3 file: `release_learned_proxy_guidance`).
     """
+
+    release_learned_proxy_guidance = "assignment"  # per family; not a config field
 
     proxyv_start_layer: int | None = None
     proxyv_reduce_factor: int = 4
@@ -51,11 +58,18 @@ class ProxyVConfigFields:
     hidden_size_reduce_factor: int | None = None
     proxyv_variant: str = "proxyv"
     vision_mask_ratio: float | int | None = None
+    learned_proxy_guidance: str | None = None
 
     def __post_init__(self, **kwargs):
+        # The authors' config has `proxyv` and none of our scheme / guidance keys (our saves write
+        # all three); a config built in code has none of them.
         if self.image_newline_positions is None:
-            # The authors' config has `proxyv` and no scheme key; a config built in code has neither.
             self.image_newline_positions = "release" if self.proxyv is not None else "natural"
+        if self.learned_proxy_guidance is None:
+            from_authors = self.proxyv is not None
+            self.learned_proxy_guidance = self.release_learned_proxy_guidance if from_authors else "assignment"
+        if self.learned_proxy_guidance not in ("assignment", "spatial"):
+            raise ValueError(f"learned_proxy_guidance must be 'assignment' or 'spatial', got '{self.learned_proxy_guidance}'.")
         self.proxyv = True
         kwargs.pop("image_token_len_per_side", None)  # the authors' derived key; we derive it
         self._check_variant()
@@ -114,6 +128,11 @@ class ProxyVConfigFields:
     def decoder_proxies_per_crop(self) -> int:
         """Proxies per crop the decoder actually creates: none for the study variants."""
         return self.num_proxies_per_crop if self.proxyv_variant == "proxyv" else 0
+
+
+# Every key a ProxyV config adds to its family's LLaVA config (plus the authors' `proxyv` flag and
+# derived `image_token_len_per_side`): what a baseline built from a ProxyV config leaves out.
+PROXYV_CONFIG_KEYS = ("proxyv", "image_token_len_per_side", *(f.name for f in fields(ProxyVConfigFields)))
 
 
 class ProxyVDecoderModel:

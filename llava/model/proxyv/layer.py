@@ -63,6 +63,8 @@ class ProxyVLayerMixin:
             return vision_mlp(full)
         config = self.self_attn.config
         context = vision_mlp.context_proj(plan.crop_proxies(new_proxies))  # [N, n, d_m]
+        if config.learned_proxy_guidance == "spatial":
+            assignment = None  # the authors' Phi-3 release: learned proxies, spatial copy back
         guidance = proxy_guidance(context, assignment, config.proxy_grid_size, config.proxyv_reduce_factor)
         if full.shape[0] == 0:  # a text-only training batch: no crops, empty tensors of mismatched widths
             guidance = guidance[:, : full.shape[1]]
