@@ -177,3 +177,24 @@ def test_authors_phi3_learned_config_keeps_their_spatial_guidance(tmp_path):
     assert tiny_proxyv_config(family="phi3", learn_proxy=True).learned_proxy_guidance == "assignment"
     proxyv.save_pretrained(tmp_path)
     assert AutoConfig.from_pretrained(tmp_path).learned_proxy_guidance == "spatial"
+
+
+@pytest.mark.parametrize("family", ["mistral", "phi3", "qwen2"])
+def test_llm_sliding_window_is_recorded_and_not_applied(family):
+    """A window shorter than the sequence: ProxyV at s = L is still the baseline, cached greedy
+    decoding equals recomputation, and both equal the windowless reference."""
+    window = {"sliding_window": 8} if family != "qwen2" else {"sliding_window": 8, "use_sliding_window": True,
+                                                              "max_window_layers": 0}
+    model = tiny_proxyv_model(seed=61, proxyv_start_layer=NUM_LAYERS, family=family, **window)
+    assert model.config.sliding_window is None and model.config.llm_sliding_window == 8
+    assert set(getattr(model.config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+    baseline = baseline_twin(model)
+    assert baseline.config.llm_sliding_window == 8
+    sample, images = GEN_SAMPLES[0], random_crops([3], seed=5)  # 3 crops: far longer than 8 tokens
+    ids = torch.tensor([sample])
+    with torch.no_grad():
+        expected, _ = reference_forward(model, sample, images)
+        got = baseline(input_ids=ids, images=images, use_cache=False).logits[0]
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-5)
+    greedy = greedy_by_recomputation(baseline, sample, images)
+    assert generate(baseline, ids, torch.ones_like(ids), images, use_cache=True).tolist() == [greedy]

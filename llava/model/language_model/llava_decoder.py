@@ -42,6 +42,11 @@ class LlavaConfigFields:
     Token-reduction baselines (`llava.model.reduction`): `vision_token_reduction="visionzip"` keeps
     `visionzip_dominant + visionzip_contextual` tokens per crop; `pyramid_drop_layers` (e.g. [12, 20, 26])
     keeps `pyramid_drop_ratio` of the remaining vision tokens after the first l layers, for each listed l.
+
+    Sliding windows: a LLaVA decoder attends over the whole sequence. The LLM's `sliding_window`
+    (Mistral-7B-v0.1's 4096, Phi-3-mini-4k's 2047) is kept as `llm_sliding_window` and the family's
+    own `sliding_window` is cleared, so prefill, decoding and every attention backend agree, and the
+    authors' releases are reproduced (their prefill never applies the window; docs/design.md).
     """
 
     mm_vision_tower: str | None = None
@@ -64,8 +69,11 @@ class LlavaConfigFields:
     visionzip_contextual: int = 40
     pyramid_drop_layers: list | None = None
     pyramid_drop_ratio: float | int = 0.5
+    llm_sliding_window: int | None = None
 
     def __post_init__(self, **kwargs):
+        if getattr(self, "sliding_window", None) is not None:
+            self.llm_sliding_window, self.sliding_window = self.sliding_window, None
         if self.image_newline_positions is None:
             self.image_newline_positions = "release" if self.proxyv is not None else "natural"
         check_reduction_options(self)
