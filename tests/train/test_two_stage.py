@@ -244,3 +244,21 @@ def test_rerun_resumes_from_the_last_checkpoint(assets, baseline_stage1, tmp_pat
     assert "Resuming from" in log and "checkpoint-2" in log
     state = json.loads((stage2 / "trainer_state.json").read_text())
     assert state["global_step"] == 4
+
+
+def test_proxyv_two_stages_on_a_qwen2_llm(assets, tmp_path):
+    """The whole path on a non-Llama family: a tiny Qwen2 LLM (q/k/v biases) -> stage 1 -> stage 2
+    -> a `llava_proxyv_qwen` checkpoint that the builder loads and that answers."""
+    from transformers import AutoTokenizer
+
+    from llava.tiny.models import build_tiny_llm
+
+    llm = build_tiny_llm(tmp_path / "tiny-qwen2", AutoTokenizer.from_pretrained(assets.llm), family="qwen2")
+    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+    swap = ["--model_name_or_path", str(llm)]  # later flags win in HfArgumentParser
+    _run([*_stage1(assets, stage1, "--proxyv_start_layer", "2"), *swap])
+    _run([*_stage2(assets, stage2, stage1 / "mm_projector.bin", "--proxyv_start_layer", "2", "--max_steps", "2",
+                   "--save_strategy", "no"), *swap])
+    config = json.loads((stage2 / "config.json").read_text())
+    assert config["model_type"] == "llava_proxyv_qwen" and config["proxyv_start_layer"] == 2
+    assert _answers(stage2, assets) == "LlavaProxyVQwenForCausalLM"
