@@ -12,9 +12,13 @@ MASTER_PORT=${MASTER_PORT:-29500}
 
 if [ -z "${LLM_VERSION:-}" ]; then
   TINY=1
-  echo "No LLM_VERSION set: running the embedded tiny default on the bundled data in ${TINY_DIR}."
-  python -m llava.tiny --out "${TINY_DIR}"
-  LLM_VERSION=${TINY_DIR}/tiny-vicuna
+  # TINY_FAMILY picks the tiny LLM's decoder family (llama, mistral, qwen2, qwen3, phi3): the same
+  # tiny shape, tokenizer and text pretraining in that family's own classes (tiny-<family>).
+  TINY_FAMILY=${TINY_FAMILY:-llama}
+  echo "No LLM_VERSION set: running the embedded tiny default (${TINY_FAMILY}) on the bundled data in ${TINY_DIR}."
+  python -m llava.tiny --out "${TINY_DIR}" --family "${TINY_FAMILY}"
+  if [ "${TINY_FAMILY}" = "llama" ]; then LLM_VERSION=${TINY_DIR}/tiny-vicuna; else LLM_VERSION=${TINY_DIR}/tiny-${TINY_FAMILY}; fi
+  PROMPT_VERSION=${PROMPT_VERSION:-v1}  # every tiny LLM is pretrained on Vicuna-format chats
   VISION_MODEL_VERSION=${TINY_DIR}/tiny-clip-vit-336
 else
   TINY=0
@@ -61,6 +65,17 @@ if [ -n "${PYRAMID_DROP_LAYERS:-}" ] && [ "${PYRAMID_DROP_LAYERS}" != "none" ]; 
   RUN_KIND=${RUN_KIND}-pdrop
 fi
 if [ "${LEARN_PROXY:-False}" = "True" ]; then REDUCTION_ARGS+=(--learn_proxy True); fi
+
+# Stage 2's chat template (--version): PROMPT_VERSION when set, else the one the LLM's family was tuned
+# with, read from its config.json and tokenizer files (python -m llava.conversation --model; the
+# tiny default is a Vicuna-like Llama: v1). Stage 1 always trains with plain. Fails, naming
+# PROMPT_VERSION as the fix, for a family it cannot tell.
+resolve_prompt_version() {
+  if [ -z "${PROMPT_VERSION:-}" ]; then
+    PROMPT_VERSION=$(python -m llava.conversation --model "${LLM_VERSION}") || return 1
+  fi
+  echo "Stage 2 conversation template: ${PROMPT_VERSION} (set PROMPT_VERSION to choose another)."
+}
 
 launch() {
   torchrun --nproc_per_node "${NUM_GPUS}" --nnodes "${NNODES}" --node_rank "${RANK}" \

@@ -25,9 +25,10 @@ else
 fi
 if [ -n "${GRID_PINPOINTS}" ]; then PINPOINT_ARGS=(--image_grid_pinpoints "${GRID_PINPOINTS}"); else PINPOINT_ARGS=(); fi
 RUN_NAME=${RUN_NAME:-$(basename "${LLM_VERSION}")-${RUN_KIND}-finetune}
+resolve_prompt_version
 
 launch \
-  --model_name_or_path "${LLM_VERSION}" --version v1 \
+  --model_name_or_path "${LLM_VERSION}" --version "${PROMPT_VERSION}" \
   --data_path "${DATA_PATH}" --image_folder "${IMAGE_FOLDER}" \
   --pretrain_mm_mlp_adapter "${PRETRAIN_ADAPTER}" \
   --vision_tower "${VISION_MODEL_VERSION}" --mm_vision_select_layer -2 --mm_projector_type mlp2x_gelu \

@@ -100,7 +100,11 @@ def test_bad_message_type_is_a_clear_error():
         _dialogue("vicuna_v1", 42, None).get_prompt()
 
 
-@pytest.mark.parametrize("name", ["vicuna_v1", "llava_llama_3", "qwen_1_5", "plain", "chatml_direct"])
+@pytest.mark.parametrize(
+    "name",
+    ["vicuna_v1", "llava_llama_3", "qwen_1_5", "plain", "chatml_direct", "qwen3", "phi3_instruct",
+     "mistral_instruct", "internlm2"],
+)
 def test_segments_join_to_prompt_and_mark_only_replies(name):
     conversation = (
         _dialogue(name, "<image>\nQ1", "R1", "Q2", "R2")
@@ -110,8 +114,10 @@ def test_segments_join_to_prompt_and_mark_only_replies(name):
     segments = conversation.get_prompt_segments()
     assert "".join(segment.text for segment in segments) == conversation.get_prompt()
     targets = [segment.text for segment in segments if segment.is_target]
-    end = {"vicuna_v1": "</s>", "llava_llama_3": "<|eot_id|>", "plain": "\n"}.get(name, "<|im_end|>")
-    start = " " if name == "vicuna_v1" else ""  # Vicuna's generation prompt ends at "ASSISTANT:"
+    end = {"vicuna_v1": "</s>", "llava_llama_3": "<|eot_id|>", "plain": "\n", "phi3_instruct": "<|end|>",
+           "mistral_instruct": "</s>"}.get(name, "<|im_end|>")
+    # Vicuna's generation prompt ends at "ASSISTANT:", Mistral's at "[/INST]": the model writes the space.
+    start = " " if name in ("vicuna_v1", "mistral_instruct") else ""
     expected = [start + "R1" + end] if name == "plain" else [start + "R1" + end, start + "R2" + end]
     assert targets == expected
     # The text before each target is exactly the generation prompt for that turn.
@@ -132,10 +138,48 @@ def test_copy_is_independent_and_dict_has_llava_keys():
     assert conv_templates["vicuna_v1"].messages == []
 
 
+def test_qwen3_prompt_is_non_thinking():
+    conversation = _dialogue("qwen3", "<image>\nWhat is it?", "A square.", "Color?", None)
+    expected = (
+        "<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n\n</think>\n\nA square.<|im_end|>\n"
+        "<|im_start|>user\nColor?<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
+    assert conversation.get_prompt() == expected
+    targets = [segment.text for segment in conversation.get_prompt_segments() if segment.is_target]
+    assert targets == ["A square.<|im_end|>"]  # the empty thinking block is prompt, not target
+
+
+def test_phi3_and_mistral_prompts():
+    phi3 = _dialogue("phi3_instruct", "Hi", "Hello.", "Bye", None)
+    assert phi3.get_prompt() == (
+        "<|system|>\nYou are a helpful AI assistant.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello.<|end|>\n"
+        "<|user|>\nBye<|end|>\n<|assistant|>\n"
+    )
+    mistral = _dialogue("mistral_instruct", "Hi", "Hello.", "Bye", None)
+    assert mistral.get_prompt() == "[INST] Hi [/INST] Hello.</s>[INST] Bye [/INST]"
+    mistral.set_system_message("Be brief.")
+    assert mistral.get_prompt() == "[INST] Be brief.\n\nHi [/INST] Hello.</s>[INST] Bye [/INST]"
+
+
+def test_reply_prefix_needs_chatml():
+    conversation = _dialogue("vicuna_v1", "Hi", None)
+    conversation.reply_prefix = "<think>\n\n</think>\n\n"
+    with pytest.raises(ValueError, match="reply_prefix is only supported by the CHATML style"):
+        conversation.get_prompt()
+
+
 def test_set_system_message_keeps_chatml_header():
     qwen = get_conv_template("qwen_1_5")
     qwen.set_system_message("Be brief.")
     assert qwen.system == "<|im_start|>system\nBe brief."
+    qwen3 = get_conv_template("qwen3")  # no default system prompt, but the header comes with one
+    qwen3.set_system_message("Be brief.")
+    assert qwen3.system == "<|im_start|>system\nBe brief."
+    phi3 = get_conv_template("phi3_instruct")
+    phi3.set_system_message("<|system|>\nBe brief.")  # already headed: not doubled
+    assert phi3.system == "<|system|>\nBe brief."
     vicuna = get_conv_template("vicuna_v1")
     vicuna.set_system_message("Be brief.")
     vicuna.append_message(vicuna.roles[0], "Hi")
@@ -146,5 +190,6 @@ def test_set_system_message_keeps_chatml_header():
 def test_unknown_template_lists_known_names():
     with pytest.raises(ValueError, match="Unknown conversation template 'nope'") as error:
         get_conv_template("nope")
-    for name in ("plain", "vicuna_v1", "llava_llama_3", "qwen_1_5"):
+    for name in ("plain", "vicuna_v1", "llava_llama_3", "qwen_1_5", "qwen3", "phi3_instruct", "mistral_instruct",
+                 "internlm2"):
         assert name in str(error.value)

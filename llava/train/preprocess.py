@@ -97,6 +97,13 @@ def build_conversation(
                 f"{DEFAULT_IMAGE_TOKEN!r} and a gpt turn); got {len(turns)} turns and {image_count} images."
             )
         turns = [(HUMAN, DEFAULT_IMAGE_TOKEN * image_count), turns[1]]
+    if "<think>" in conversation.reply_prefix:
+        thinking = [index for index, (_, value) in enumerate(turns) if index % 2 and "think>" in value]
+        if thinking:
+            raise ValueError(
+                f"Turn {thinking[0]} is a gpt reply with a <think> block, but the {template_name!r} template "
+                f"trains the non-thinking format (every reply follows an empty thinking block)."
+            )
     if system is not None:
         conversation.set_system_message(system)
     for index, (_, value) in enumerate(turns):
@@ -164,7 +171,8 @@ def tokenize_conversation(
     """(input_ids, labels), LongTensors [T]: images are IMAGE_TOKEN_INDEX, non-targets IGNORE_INDEX.
 
     Only assistant replies and the end-of-turn text closing them (`</s>`, `<|eot_id|>`,
-    `<|im_end|>`; the caption and its newline for `plain`) carry labels.
+    `<|im_end|>`, `<|end|>`; the caption and its newline for `plain`) carry labels; a template's
+    reply prefix (Qwen3's empty `<think>` block) is prompt, not target.
     """
     segments = build_conversation(conversations, template_name, has_image).get_prompt_segments()
     input_ids, labels = _tokenize_segments(segments, tokenizer)
