@@ -13,7 +13,7 @@ import torch
 from llava.conversation import get_conv_template
 from llava.mm_utils import tokenizer_image_token
 from llava.model.builder import load_pretrained_model
-from llava.serve.cli import (
+from llava.serve.inference import (
     default_conv_mode,
     generation_kwargs,
     load_images,
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
-    conv_mode = args.conv_mode or default_conv_mode(model.config)
+    conv_mode = args.conv_mode or default_conv_mode(model.config, tokenizer)
     print(f"Q ({', '.join(image_files.split(','))}): {args.query}")
     try:
         reply = answer(tokenizer, model, image_processor, images, args.query, conv_mode, args.temperature,

@@ -12,8 +12,7 @@ Bad input (a missing or unreadable image, a bad model path, an unknown template,
 without CUDA) is one `error: ...` line on stderr and exit code 1. `--debug` prints each turn's
 prompt and reply, and shows tracebacks.
 
-The helpers here (`load_images`, `default_conv_mode`, `pixels_for_model`, `generation_kwargs`,
-`with_image_placeholders`) are shared with `llava.eval.run_llava`.
+The steps it shares with `python -m llava.eval.run_llava` live in `llava.serve.inference`.
 """
 
 from __future__ import annotations
@@ -26,73 +25,21 @@ import sys
 import torch
 from transformers import StoppingCriteriaList, TextStreamer
 
-from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation, SeparatorStyle, get_conv_template
-from llava.mm_utils import KeywordsStoppingCriteria, load_image, process_images, tokenizer_image_token
+from llava.mm_utils import KeywordsStoppingCriteria, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 from llava.model.llava_arch import split_image_crops
+from llava.serve.inference import (
+    default_conv_mode,
+    generation_kwargs,
+    load_images,
+    one_line,
+    pixels_for_model,
+    with_image_placeholders,
+)
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_CONV_MODE = "vicuna_v1"
-VICUNA_MODEL_TYPES = ("llava_llama", "llava_proxyv_llama")
-
-# ----------------------------------------------------------------------------- shared helpers
-
-
-def load_images(image_files: str) -> list:
-    """Open the comma-separated image paths (or URLs) as RGB images; errors name the file."""
-    paths = [path.strip() for path in image_files.split(",")]
-    if not all(paths):
-        raise ValueError(f"--image-file has an empty entry: {image_files!r}; separate paths with single commas.")
-    return [load_image(path) for path in paths]
-
-
-def default_conv_mode(config) -> str:
-    """The checkpoint's `conv_template` if its config names one, else Vicuna v1 for LLaVA Llama models."""
-    template = getattr(config, "conv_template", None)
-    if template:
-        logger.info("Conversation template: %s (from the checkpoint's config)", template)
-        return template
-    model_type = getattr(config, "model_type", None)
-    if model_type not in VICUNA_MODEL_TYPES:
-        raise ValueError(f"No default conversation template for model_type {model_type!r}; pass --conv-mode.")
-    logger.info("Conversation template: %s (default for model_type %s; --conv-mode to change)",
-                DEFAULT_CONV_MODE, model_type)
-    return DEFAULT_CONV_MODE
-
-
-def pixels_for_model(images: list, image_processor, model):
-    """`process_images` for the model's config, on the model's device and dtype (tensor or list)."""
-    pixels = process_images(images, image_processor, model.config)
-    if isinstance(pixels, list):
-        return [crops.to(model.device, model.dtype) for crops in pixels]
-    return pixels.to(model.device, model.dtype)
-
-
-def generation_kwargs(tokenizer, temperature: float, max_new_tokens: int, top_p: float | None = None,
-                      num_beams: int = 1) -> dict:
-    """Keyword arguments for `model.generate`: greedy at temperature 0, sampling above."""
-    sampling = temperature > 0
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return {
-        "do_sample": sampling,
-        "temperature": temperature if sampling else None,
-        "top_p": top_p if sampling else None,
-        "num_beams": num_beams,
-        "max_new_tokens": max_new_tokens,
-        "pad_token_id": pad_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "use_cache": True,
-    }
-
-
-def with_image_placeholders(text: str, num_images: int) -> str:
-    """`text` with one `<image>` line per image in front, unless it already places them itself."""
-    if num_images == 0 or DEFAULT_IMAGE_TOKEN in text:
-        return text
-    return (DEFAULT_IMAGE_TOKEN + "\n") * num_images + text
-
 
 # ----------------------------------------------------------------------------- the dialogue
 
@@ -255,14 +202,10 @@ def start_session(args: argparse.Namespace) -> ChatSession:
         raise ValueError(f"{args.model_path} has no vision tower; run it without --image-file.")
     if args.conv_mode:
         logger.info("Conversation template: %s (from --conv-mode)", args.conv_mode)
-    conv_mode = args.conv_mode or default_conv_mode(model.config)
+    conv_mode = args.conv_mode or default_conv_mode(model.config, tokenizer)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     return ChatSession(tokenizer, model, image_processor, images, conv_mode, context_len,
                        temperature=args.temperature, max_new_tokens=args.max_new_tokens, streamer=streamer)
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,7 @@ from llava.model import LlavaConfig, LlavaProxyVConfig, LlavaProxyVLlamaForCausa
 from llava.model.builder import load_pretrained_model
 from llava.model.proxyv.modules import UnguidedVisionMLP
 from llava.model.proxyv.study import start_layer_for_mask_ratio
-from llava.serve.cli import pixels_for_model
+from llava.serve.inference import pixels_for_model
 from llava.train.train import train
 from tests.model.test_proxyv import (
     FULL,

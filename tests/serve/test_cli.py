@@ -20,7 +20,8 @@ import torch
 
 from llava.conversation import get_conv_template
 from llava.model.builder import load_pretrained_model
-from llava.serve.cli import ChatSession, default_conv_mode, load_images, main, stopping_criteria
+from llava.serve.cli import ChatSession, main, stopping_criteria
+from llava.serve.inference import default_conv_mode, load_images
 from tests.paths import GOLDEN
 
 SYSTEM = get_conv_template("vicuna_v1").system
@@ -245,8 +246,10 @@ def test_default_conv_mode():
     )
     assert default_conv_mode(SimpleNamespace(model_type="llava_llama")) == "vicuna_v1"
     assert default_conv_mode(SimpleNamespace(model_type="llava_proxyv_llama")) == "vicuna_v1"
+    assert default_conv_mode(SimpleNamespace(model_type="llava_proxyv_qwen")) == "qwen_1_5"
+    assert default_conv_mode(SimpleNamespace(model_type="llava_phi", conv_template="plain")) == "phi3_instruct"
     with pytest.raises(ValueError, match="--conv-mode"):
-        default_conv_mode(SimpleNamespace(model_type="llama"))
+        default_conv_mode(SimpleNamespace(model_type="llava_gemma"))
 
 
 def test_stop_is_eos_for_vicuna_and_a_keyword_otherwise(assets):
