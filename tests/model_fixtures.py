@@ -26,6 +26,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, PreTrai
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from llava.model import FAMILIES
+from llava.model.checkpoint_names import PROJECTOR_PREFIXES, TOWER_PREFIXES
 from llava.tiny.models import TINY_FAMILY_OVERRIDES
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
@@ -56,7 +57,7 @@ TINY_LLM = {
     "eos_token_id": EOS_ID,
 }
 
-MULTIMODAL_PREFIXES = ("model.vision_tower.", "model.mm_projector.", "model.image_newline")
+MULTIMODAL_PREFIXES = TOWER_PREFIXES + PROJECTOR_PREFIXES  # a baseline's multimodal weights
 
 
 def tiny_vision_config(**overrides) -> dict:

@@ -11,13 +11,12 @@ import torch
 from transformers import AutoConfig
 from transformers.utils import logging as hf_logging
 
+from .checkpoint_names import MULTIMODAL_PREFIXES
 from .language_model.families import family_for_llm
 from .model_registry import causal_lm_class_for_config
 
 logger = logging.getLogger(__name__)
 
-MULTIMODAL_PREFIXES = ("model.vision_tower.", "model.mm_projector.", "model.image_newline",
-                       "model.vision_mlp_layers.", "model.proxyv_initializer.")
 
 
 def llava_config_from_llm(llm_config, vision_tower: str, proxyv_start_layer: int | None = None, **options):

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .proxyv.variants import decoder_variant
+
 logger = logging.getLogger(__name__)
 _said_sdpa_for_flash = False
 
@@ -56,8 +58,9 @@ def mask_limits_flash(config) -> str | None:
         return "the release newline positions make the causal mask follow position ids"
     if getattr(config, "pyramid_drop_layers", None):
         return "PyramidDrop masks every stage by position and real keys"
-    if getattr(config, "proxyv_variant", None) == "mask_vision_attention":
-        return "mask_vision_attention hides vision keys from vision queries with an explicit mask"
+    variant = getattr(config, "proxyv_variant", None)
+    if variant is not None and decoder_variant(variant).masks_ordinary_layers:
+        return f"{variant} hides vision keys from vision queries with an explicit mask"
     return None
 
 

@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoTokenizer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from .backends import mask_limits_flash
+from .checkpoint_names import TOWER_PREFIXES
 from .model_registry import causal_lm_class_for_config, check_model_type, config_for_class
 from .projector_weights import load_mm_projector_weights
 
@@ -178,9 +179,9 @@ def _finish_multimodal_weights(model, info: dict, model_path: str, model_base: s
             raise ValueError(f"model_base was given but {projector_file} does not exist.")
         missing -= load_mm_projector_weights(model, projector_file)
     tower = model.get_vision_tower()
-    if tower is not None and any(k.startswith("model.vision_tower.") for k in missing):
+    if tower is not None and any(k.startswith(TOWER_PREFIXES) for k in missing):
         tower.load_pretrained_weights()
-        missing = {k for k in missing if not k.startswith("model.vision_tower.")}
+        missing = {k for k in missing if not k.startswith(TOWER_PREFIXES)}
     if missing:
         raise ValueError(
             f"The checkpoint at {model_base or model_path} lacks {len(missing)} weight(s) the model needs, e.g. "

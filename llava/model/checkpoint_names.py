@@ -1,4 +1,8 @@
-"""Checkpoint parameter names in the LLaVA / ProxyV release layout.
+"""Checkpoint parameter names in the LLaVA / ProxyV release layout, written down once.
+
+The prefixes below name each group of weights (the parts `--mm_tunable_parts` trains, what stage 1
+saves, what a fresh model starts from initialisation); every family uses the same names, since
+transformers' decoders all call them `model.embed_tokens`, `model.layers`, `model.norm`, `lm_head`.
 
 transformers 5's `CLIPVisionModel` no longer has a `vision_model` level, but LLaVA checkpoints
 (and the ProxyV release) name the tower's weights `model.vision_tower.vision_tower.vision_model.*`.
@@ -8,6 +12,12 @@ writes them back on save, so our checkpoints keep the layout other LLaVA code ex
 
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
+
+TOWER_PREFIXES = ("model.vision_tower.",)
+PROJECTOR_PREFIXES = ("model.mm_projector.", "model.image_newline")
+PROXYV_MODULE_PREFIXES = ("model.vision_mlp_layers.", "model.proxyv_initializer.")
+LANGUAGE_MODEL_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
+MULTIMODAL_PREFIXES = TOWER_PREFIXES + PROJECTOR_PREFIXES + PROXYV_MODULE_PREFIXES
 
 
 def register_release_weight_names(class_name: str) -> None:

@@ -17,14 +17,13 @@ import torch
 from torch.utils.data import Sampler
 from transformers import Trainer
 
+from llava.model.checkpoint_names import PROJECTOR_PREFIXES, PROXYV_MODULE_PREFIXES
 from llava.model.projector_weights import load_mm_projector_weights, save_mm_projector_weights
 from llava.train.checkpoints import mark_complete
 from llava.train.run_guards import SkipTracker
 
 logger = logging.getLogger(__name__)
 
-PROJECTOR_PREFIXES = ("model.mm_projector.", "model.image_newline")
-VISION_MLP_PREFIXES = ("model.vision_mlp_layers.", "model.proxyv_initializer.")
 MM_PROJECTOR_FILE = "mm_projector.bin"
 
 
@@ -99,7 +98,7 @@ class LLaVATrainer(Trainer):
             return self.optimizer
         opt_model = self.model if model is None else model
         decay = set(self.get_decay_parameter_names(opt_model))
-        special = [(PROJECTOR_PREFIXES, self.args.mm_projector_lr), (VISION_MLP_PREFIXES, self.args.mm_vision_mlp_lr)]
+        special = [(PROJECTOR_PREFIXES, self.args.mm_projector_lr), (PROXYV_MODULE_PREFIXES, self.args.mm_vision_mlp_lr)]
         groups: dict[tuple, dict] = {}
         for name, param in opt_model.named_parameters():
             if not param.requires_grad:

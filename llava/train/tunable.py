@@ -2,13 +2,20 @@
 
 import logging
 
+from llava.model.checkpoint_names import (
+    LANGUAGE_MODEL_PREFIXES,
+    PROJECTOR_PREFIXES,
+    PROXYV_MODULE_PREFIXES,
+    TOWER_PREFIXES,
+)
+
 logger = logging.getLogger(__name__)
 
 TUNABLE_PARTS = {
-    "mm_mlp_adapter": ("model.mm_projector.", "model.image_newline"),
-    "mm_vision_mlp": ("model.vision_mlp_layers.", "model.proxyv_initializer."),
-    "mm_language_model": ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head."),
-    "mm_vision_tower": ("model.vision_tower.",),
+    "mm_mlp_adapter": PROJECTOR_PREFIXES,
+    "mm_vision_mlp": PROXYV_MODULE_PREFIXES,
+    "mm_language_model": LANGUAGE_MODEL_PREFIXES,
+    "mm_vision_tower": TOWER_PREFIXES,
 }
 DEFAULT_TUNABLE_PARTS = "mm_mlp_adapter,mm_vision_mlp,mm_language_model"
 MULTIMODAL_ONLY = {"mm_mlp_adapter", "mm_vision_mlp"}

@@ -22,13 +22,12 @@ from ..layout import MultimodalLayout
 from ..masks import additive_mask
 from ..proxyv.modules import (
     LearnedProxyInitializer,
-    UnguidedVisionMLP,
-    VisionMLP,
     reduced_hidden_size,
     spatial_proxies,
 )
 from ..proxyv.plan import ProxyVPlan, build_proxyv_plan
-from ..proxyv.study import PROXYV_VARIANTS, start_layer_for_mask_ratio, vision_masked_visibility
+from ..proxyv.study import start_layer_for_mask_ratio, vision_masked_visibility
+from ..proxyv.variants import decoder_variant
 
 
 @dataclass
@@ -82,13 +81,12 @@ class ProxyVConfigFields:
 
     def _check_variant(self) -> None:
         """Validate `proxyv_variant` and turn `vision_mask_ratio` into the start layer."""
-        if self.proxyv_variant not in PROXYV_VARIANTS:
-            raise ValueError(f"proxyv_variant must be one of {', '.join(PROXYV_VARIANTS)}, got '{self.proxyv_variant}'.")
-        if self.learn_proxy and self.proxyv_variant != "proxyv":
+        variant = decoder_variant(self.proxyv_variant)
+        if self.learn_proxy and not variant.makes_proxies:
             raise ValueError(f"learn_proxy applies to proxyv_variant 'proxyv' only, not '{self.proxyv_variant}'.")
         if self.vision_mask_ratio is None:
             return
-        if self.proxyv_variant != "mask_vision_attention":
+        if not variant.masks_ordinary_layers:
             raise ValueError("vision_mask_ratio applies to proxyv_variant 'mask_vision_attention' only, "
                              f"not '{self.proxyv_variant}'; give proxyv_start_layer instead.")
         start = start_layer_for_mask_ratio(self.vision_mask_ratio, self.num_hidden_layers)
@@ -127,7 +125,7 @@ class ProxyVConfigFields:
     @property
     def decoder_proxies_per_crop(self) -> int:
         """Proxies per crop the decoder actually creates: none for the study variants."""
-        return self.num_proxies_per_crop if self.proxyv_variant == "proxyv" else 0
+        return self.num_proxies_per_crop if decoder_variant(self.proxyv_variant).makes_proxies else 0
 
 
 # Every key a ProxyV config adds to its family's LLaVA config (plus the authors' `proxyv` flag and
@@ -147,12 +145,13 @@ class ProxyVDecoderModel:
 
     def __init__(self, config):
         super().__init__(config)
-        start, num_layers, variant = config.proxyv_start_layer, config.num_hidden_layers, config.proxyv_variant
-        if variant != "mask_vision_attention":  # the masked variant keeps ordinary layers
+        start, num_layers = config.proxyv_start_layer, config.num_hidden_layers
+        variant = decoder_variant(config.proxyv_variant)
+        if variant.two_stream_layers:  # the masked variant keeps ordinary layers
             for index in range(start, num_layers):
                 self.layers[index] = self.proxyv_layer_class(config, index)
         reduced = reduced_hidden_size(config.hidden_size, config.hidden_size_reduce_factor)
-        mlp_class = {"proxyv": VisionMLP, "vision_mlp": UnguidedVisionMLP}.get(variant)
+        mlp_class = variant.full_stream_module
         self.vision_mlp_layers = nn.ModuleList(
             mlp_class(config.hidden_size, reduced, config.rms_norm_eps) for _ in range(num_layers - start)
         ) if mlp_class else nn.ModuleList()
@@ -189,7 +188,7 @@ class ProxyVDecoderModel:
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         hidden = self._standard_layers(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, **kwargs)
-        if self.config.proxyv_variant == "mask_vision_attention":
+        if not decoder_variant(self.config.proxyv_variant).two_stream_layers:
             hidden = self._vision_masked_layers(hidden, multimodal_layout, past_key_values, use_cache, **kwargs)
             return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden),
                                            past_key_values=past_key_values if use_cache else None)
@@ -237,7 +236,7 @@ class ProxyVDecoderModel:
         The study variants `skip_vision_attention` / `vision_mlp` have no proxies: an empty stream.
         """
         config = self.config
-        if config.proxyv_variant != "proxyv":
+        if not decoder_variant(config.proxyv_variant).makes_proxies:
             return hidden.new_zeros(hidden.shape[0], 0, hidden.shape[-1]), None
         full = plan.gather_full(hidden)  # [N, G, D]
         if config.learn_proxy:

@@ -6,15 +6,16 @@ light stream (text, newlines, proxies) and whose keys/values are the full tokens
 the layer plus the light stream; residual + FFN on the light stream only; the guided update of the
 full stream by this layer's `VisionMLP`. The study variants `skip_vision_attention` (zero proxies,
 the full stream goes through the layer's FFN) and `vision_mlp` (zero proxies, an unguided MLP) run
-the same forward with a different full-stream update. The KV cache receives the natural sequence's keys and
+the same forward with their own full-stream update (`variants.py`). The KV cache receives the natural sequence's keys and
 values (never the proxies), so decoding afterwards is ordinary attention.
 """
 
 import torch
 
 from ..attention import HeadProjection, attend
-from .modules import UnguidedVisionMLP, VisionMLP, proxy_guidance
+from .modules import UnguidedVisionMLP, VisionMLP
 from .plan import ProxyVPlan
+from .variants import decoder_variant
 
 
 class ProxyVLayerMixin:
@@ -50,22 +51,6 @@ class ProxyVLayerMixin:
         new_proxies = light[:, plan.num_light_slots :]  # [B, P, D]
         full = plan.gather_full(hidden)  # [N, G, D] entering this layer
         hidden = plan.scatter_light(hidden, light[:, : plan.num_light_slots])
-        hidden = plan.scatter_full(hidden, self._update_full(full, new_proxies, assignment, plan, vision_mlp))
+        update = decoder_variant(self.self_attn.config.proxyv_variant).update_full
+        hidden = plan.scatter_full(hidden, update(self, full, new_proxies, assignment, plan, vision_mlp))
         return hidden, new_proxies
-
-    def _update_full(self, full, new_proxies, assignment, plan, vision_mlp):
-        """The full stream's update, [N, G, D] -> [N, G, D]: ProxyV's guided `VisionMLP` (step 4); the
-        study variants' `UnguidedVisionMLP`; or, with no module (`skip_vision_attention`), this layer's
-        own FFN with its residual, as if the attention had added nothing."""
-        if vision_mlp is None:
-            return full + self.projection.after_mlp(self, self.mlp(self.post_attention_layernorm(full)))
-        if isinstance(vision_mlp, UnguidedVisionMLP):
-            return vision_mlp(full)
-        config = self.self_attn.config
-        context = vision_mlp.context_proj(plan.crop_proxies(new_proxies))  # [N, n, d_m]
-        if config.learned_proxy_guidance == "spatial":
-            assignment = None  # the authors' Phi-3 release: learned proxies, spatial copy back
-        guidance = proxy_guidance(context, assignment, config.proxy_grid_size, config.proxyv_reduce_factor)
-        if full.shape[0] == 0:  # a text-only training batch: no crops, empty tensors of mismatched widths
-            guidance = guidance[:, : full.shape[1]]
-        return vision_mlp(full, guidance)

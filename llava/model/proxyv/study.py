@@ -19,8 +19,6 @@ import torch
 from ..layout import TOKEN_VISION, MultimodalLayout
 from ..masks import position_causal_visibility
 
-PROXYV_VARIANTS = ("proxyv", "mask_vision_attention", "skip_vision_attention", "vision_mlp")
-
 
 def start_layer_for_mask_ratio(ratio: float, num_layers: int) -> int:
     """s = L - round(q * L) with half rounded up, so q = 0 masks nothing and q = 1 masks every layer."""

@@ -6,6 +6,7 @@ Old configs have none of the fields and keep their defaults (no reduction). Comb
 * PyramidDrop + ProxyV is rejected (README, "Study variants and token-reduction baselines").
 """
 
+from ..proxyv.variants import decoder_variant
 from .visionzip import VISION_TOKEN_REDUCTIONS
 
 
@@ -20,7 +21,7 @@ def check_reduction_options(config) -> None:
                          f"{config.visionzip_dominant} and {config.visionzip_contextual}.")
     is_proxyv = bool(getattr(config, "proxyv", None))
     study_variant = getattr(config, "proxyv_variant", "proxyv")
-    if reduction == "visionzip" and is_proxyv and study_variant != "proxyv":
+    if reduction == "visionzip" and is_proxyv and not decoder_variant(study_variant).makes_proxies:
         raise ValueError(f"VisionZip is combined with ProxyV itself (learn_proxy=True), not with the study variant "
                          f"'{study_variant}'; drop vision_token_reduction or use proxyv_variant 'proxyv'.")
     if reduction == "visionzip" and is_proxyv and not getattr(config, "learn_proxy", False):
