@@ -1,11 +1,12 @@
 """The one attention primitive behind every masked decoder computation, and how each decoder family
 turns hidden states into query / key / value heads.
 
-ProxyV layers (light-stream queries over natural + proxy keys), PyramidDrop's ranking query and
-the release-scheme / study-variant masks all need attention whose queries and keys are *different*
-token streams with their own RoPE positions. `project_heads` gives the rotated heads for such a
-pair of streams; `attend` runs the configured attention backend on them (`backends.py` decides
-which one can take an arbitrary mask) and returns the output projection.
+ProxyV layers (light-stream queries over natural + proxy keys) and PyramidDrop's ranking query
+need attention whose queries and keys are *different* token streams with their own RoPE
+positions. `project_heads` gives the rotated heads for such a pair of streams; `attend` runs the
+attention backend that can take an arbitrary mask (`backends.py`) and returns the output
+projection. (Release-scheme and study-variant masks need no new attention: they are 4D masks
+given to the family's own ordinary layers.)
 
 What differs per family lives in a `HeadProjection` (docs/design.md, "Decoder families"):
 * `SeparateProjections`: `q_proj`, `k_proj`, `v_proj` (Llama, Mistral, Qwen2 — whose biases live

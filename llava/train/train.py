@@ -16,6 +16,7 @@ import transformers
 from transformers import AutoConfig, AutoTokenizer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from llava.model import family_for_model_type
 from llava.model.assemble import build_llava_from_llm
 from llava.model.builder import load_image_processor
 from llava.model.model_registry import causal_lm_class_for_config, config_for_class
@@ -35,7 +36,6 @@ from llava.train.tunable import (
 )
 
 logger = logging.getLogger("llava.train")
-LLAVA_MODEL_TYPES = ("llava_llama", "llava_proxyv_llama")
 
 
 def _dtype(training_args) -> torch.dtype:
@@ -96,7 +96,7 @@ def build_model(model_args, data_args, training_args):
     """A fresh LLaVA from an LLM + tower, or an existing LLaVA checkpoint to continue training."""
     dtype = _dtype(training_args)
     source_config = AutoConfig.from_pretrained(model_args.model_name_or_path)
-    if source_config.model_type in LLAVA_MODEL_TYPES:
+    if family_for_model_type(source_config.model_type) is not None:  # a LLaVA checkpoint of any family
         _check_checkpoint_variant(source_config, model_args)
         source_config = _with_token_reduction(source_config, model_args)
         model_class = causal_lm_class_for_config(source_config)

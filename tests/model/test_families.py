@@ -179,13 +179,19 @@ def test_authors_phi3_learned_config_keeps_their_spatial_guidance(tmp_path):
     assert AutoConfig.from_pretrained(tmp_path).learned_proxy_guidance == "spatial"
 
 
-@pytest.mark.parametrize("family", ["mistral", "phi3", "qwen2"])
+WINDOWS = {
+    "mistral": {"sliding_window": 8},
+    "phi3": {"sliding_window": 8},
+    "qwen2": {"sliding_window": 8, "use_sliding_window": True, "max_window_layers": 0},
+    "qwen3": {"sliding_window": 8, "layer_types": ["sliding_attention"] * NUM_LAYERS},  # as a saved config lists them
+}
+
+
+@pytest.mark.parametrize("family", sorted(WINDOWS))
 def test_llm_sliding_window_is_recorded_and_not_applied(family):
     """A window shorter than the sequence: ProxyV at s = L is still the baseline, cached greedy
     decoding equals recomputation, and both equal the windowless reference."""
-    window = {"sliding_window": 8} if family != "qwen2" else {"sliding_window": 8, "use_sliding_window": True,
-                                                              "max_window_layers": 0}
-    model = tiny_proxyv_model(seed=61, proxyv_start_layer=NUM_LAYERS, family=family, **window)
+    model = tiny_proxyv_model(seed=61, proxyv_start_layer=NUM_LAYERS, family=family, **WINDOWS[family])
     assert model.config.sliding_window is None and model.config.llm_sliding_window == 8
     assert set(getattr(model.config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
     baseline = baseline_twin(model)
@@ -198,3 +204,9 @@ def test_llm_sliding_window_is_recorded_and_not_applied(family):
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-5)
     greedy = greedy_by_recomputation(baseline, sample, images)
     assert generate(baseline, ids, torch.ones_like(ids), images, use_cache=True).tolist() == [greedy]
+
+
+def test_visionzip_refuses_the_spatial_copy_back():
+    with pytest.raises(ValueError, match="learned_proxy_guidance 'spatial'"):
+        tiny_proxyv_config(family="phi3", learn_proxy=True, learned_proxy_guidance="spatial",
+                           vision_token_reduction="visionzip", visionzip_dominant=6, visionzip_contextual=2)

@@ -262,3 +262,10 @@ def test_proxyv_two_stages_on_a_qwen2_llm(assets, tmp_path):
     config = json.loads((stage2 / "config.json").read_text())
     assert config["model_type"] == "llava_proxyv_qwen" and config["proxyv_start_layer"] == 2
     assert _answers(stage2, assets) == "LlavaProxyVQwenForCausalLM"
+    # Training continues from the llava_proxyv_qwen checkpoint itself (not from a plain LLM).
+    more = tmp_path / "more"
+    log = _run([*_common(assets, more, "--version", "v1", "--data_path", str(assets.instruct), "--max_steps", "1",
+                         "--save_strategy", "no", "--per_device_train_batch_size", "1"),
+                "--model_name_or_path", str(stage2)])
+    assert "multimodal weights start from their initialisation" not in log
+    assert json.loads((more / "config.json").read_text())["model_type"] == "llava_proxyv_qwen"

@@ -74,6 +74,8 @@ class LlavaConfigFields:
     def __post_init__(self, **kwargs):
         if getattr(self, "sliding_window", None) is not None:
             self.llm_sliding_window, self.sliding_window = self.sliding_window, None
+        if getattr(self, "layer_types", None):  # Qwen2 / Qwen3 name each layer's attention kind
+            self.layer_types = ["full_attention"] * len(self.layer_types)
         if self.image_newline_positions is None:
             self.image_newline_positions = "release" if self.proxyv is not None else "natural"
         check_reduction_options(self)

@@ -27,6 +27,10 @@ def check_reduction_options(config) -> None:
     if reduction == "visionzip" and is_proxyv and not getattr(config, "learn_proxy", False):
         raise ValueError("VisionZip with ProxyV needs non-spatial proxies: set learn_proxy=True (--learn_proxy True); "
                          "spatial proxies pool the g x g grid that VisionZip's selected tokens no longer form.")
+    if reduction == "visionzip" and getattr(config, "learned_proxy_guidance", None) == "spatial":
+        raise ValueError("VisionZip with ProxyV needs the learned assignment in the guided update; "
+                         "learned_proxy_guidance 'spatial' (the authors' Phi-3 release) copies proxies to grid blocks "
+                         "that VisionZip's selected tokens no longer form. Drop vision_token_reduction.")
     _check_pyramid_drop(config, is_proxyv)
 
 
