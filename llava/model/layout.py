@@ -7,7 +7,7 @@ It returns the embedded sequence, the expanded labels, and a `MultimodalLayout` 
 every segment lives: the kind of each token, its position id, and where each crop starts. The
 baseline decoder reads the position ids and the mask; the ProxyV decoder also reads the crops.
 
-Position ids follow DESIGN.md section 5: under the `natural` scheme every token sits at its index
+Position ids follow docs/design.md §5.4: under the `natural` scheme every token sits at its index
 among the sample's real tokens; under the `release` scheme (the authors' released code) the
 newline of crop `c >= 1` of an image starting at `p0` sits at `p0 + 577*(c-1) + 576`.
 """

@@ -277,7 +277,7 @@ def test_unknown_projector_raises(kind):
 
 
 def test_tower_weights_under_vision_model_prefix_load(saved, tmp_path):
-    """LLaVA checkpoints name the tower `model.vision_tower.vision_tower.vision_model.*` (DESIGN.md 5)."""
+    """LLaVA checkpoints name the tower `model.vision_tower.vision_tower.vision_model.*` (docs/design.md §5.3)."""
     source, src = saved
     path = copy_checkpoint(src, tmp_path / "ckpt")
     weights = load_file(path / "model.safetensors")

@@ -2,7 +2,7 @@
 
 The reference walks each sample's real tokens one at a time: a text token gives its embedding, its
 label and the next position; an image placeholder gives, per crop, the crop's g*g features in raster
-order (label IGNORE) and then the newline token. Positions follow DESIGN.md section 5 (natural: the
+order (label IGNORE) and then the newline token. Positions follow docs/design.md §5.4 (natural: the
 token's index; release: the newline of crop c >= 1 at p0 + (g*g+1)*(c-1) + g*g). Crops are real
 576-token crops with a small feature width so the check is exact yet fast.
 """
@@ -199,7 +199,7 @@ def test_layout_matches_reference(scheme, padding_side, input_padding):
 
 
 def test_release_positions_explicit_values():
-    """One 3-crop image after two text tokens: the newline positions of DESIGN.md section 5."""
+    """One 3-crop image after two text tokens: the newline positions of docs/design.md §5.4."""
     embed, newline = make_embedding()
     ids = torch.tensor([[1, 5, IMAGE_TOKEN_INDEX, 6]])
     features = make_features([3])

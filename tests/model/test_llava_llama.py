@@ -536,7 +536,7 @@ def test_tower_config_filled_from_local_tower(tmp_path):
 
 @pytest.mark.parametrize("proxyv", [False, True])
 def test_saved_tower_weights_use_the_release_names(tmp_path, proxyv):
-    """DESIGN.md section 5: checkpoints name the tower's weights `...vision_tower.vision_model.*`."""
+    """docs/design.md §5.3: checkpoints name the tower's weights `...vision_tower.vision_model.*`."""
     from safetensors import safe_open
 
     from tests.proxyv_fixtures import tiny_proxyv_model

@@ -1,9 +1,9 @@
-"""The ProxyV decoder against a plain reference implementation of DESIGN.md section 4.
+"""The ProxyV decoder against a plain reference implementation of docs/design.md §4.
 
 The reference (`reference_forward`) is written here from the spec, independent of the package's
 plan/layer code: per sample, it embeds the text and the images' crops by hand (crop features from
 the model's own vision tower + projector), assigns positions by hand (natural or release newline
-scheme, DESIGN.md section 5), runs layers 0..s-1 as ordinary Llama layers with an explicit bool
+scheme, docs/design.md §5.4), runs layers 0..s-1 as ordinary Llama layers with an explicit bool
 visibility matrix, then creates the proxies crop by crop and runs every ProxyV layer on the two
 streams with loops over crops and tokens. RMSNorm, RoPE, GQA attention and the FFN are written
 out with the layers' weights. Other tests compare the model against the baseline with the same

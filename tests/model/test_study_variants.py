@@ -1,4 +1,4 @@
-"""The paper's study variants (DESIGN.md section 4, "The study variants"), against plain references.
+"""The paper's study variants (docs/design.md §4.8), against plain references.
 
 The references loop over the layers of one unpadded sample by hand (helpers of `test_proxyv`):
 * `mask_vision_attention`: every layer ordinary; from `s` the visibility matrix, written here,

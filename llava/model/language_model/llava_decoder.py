@@ -35,7 +35,7 @@ class LlavaConfigFields:
     """The multimodal options of a LLaVA config (names as in LLaVA-NeXT and the ProxyV release),
     mixed in front of a decoder family's own config class.
 
-    `image_newline_positions` picks the newline position scheme (DESIGN.md section 5). Left unset,
+    `image_newline_positions` picks the newline position scheme (docs/design.md §5.4). Left unset,
     it is `"release"` for a config written by the authors' code (it has their `proxyv` key) and
     `"natural"` otherwise; our own saves always write it.
 

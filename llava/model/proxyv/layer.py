@@ -1,7 +1,7 @@
 """The ProxyV decoder layer: a family's decoder layer that, given a `ProxyVPlan`, runs on two streams.
 
 Without a plan (decoding steps, text-only batches) it is the family's ordinary layer. With one it
-does DESIGN.md section 4 steps 1-5: RMSNorm on both streams; attention whose queries are the
+does docs/design.md §4.4 steps 1-5: RMSNorm on both streams; attention whose queries are the
 light stream (text, newlines, proxies) and whose keys/values are the full tokens as they enter
 the layer plus the light stream; residual + FFN on the light stream only; the guided update of the
 full stream by this layer's `VisionMLP`. The study variants `skip_vision_attention` (zero proxies,

@@ -1,7 +1,7 @@
 """ProxyV's parameterised pieces: proxy creation (spatial or learned), the guided-update `VisionMLP`
 and, for the `vision_mlp` study variant, its guidance-free counterpart `UnguidedVisionMLP`.
 
-Parameter names follow the authors' release (DESIGN.md section 5): `proxyv_initializer.Wk`,
+Parameter names follow the authors' release (docs/design.md §5.3): `proxyv_initializer.Wk`,
 `proxyv_initializer.proxyv_tokens`, `vision_mlp_layers.{i}.{input_proj,context_proj,proj.0,proj.2,
 layernorm_post}`.
 """

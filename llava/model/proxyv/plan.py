@@ -1,6 +1,6 @@
 """The ProxyV plan: every index, position and mask the ProxyV layers need, built once per forward.
 
-Streams (DESIGN.md section 4), for a batch laid out by `MultimodalLayout`:
+Streams (docs/design.md §4.4, §4.7), for a batch laid out by `MultimodalLayout`:
 * the natural sequence `X` [B, T, D] keeps every token in place (vision, newline, text, padding);
 * the light stream is the non-vision tokens of `X` (gathered into [B, Tl] slots) plus the proxies
   [B, P] (crop k of a sample owns proxy slots k*n .. k*n+n-1);
@@ -126,7 +126,7 @@ def build_proxyv_plan(layout: MultimodalLayout, num_proxies: int, dtype: torch.d
 
 
 def _proxyv_visibility(layout, query_positions, key_positions, proxy_valid, num_light) -> torch.Tensor:
-    """[B, Tl + P, T + P] bool, DESIGN.md section 4 step 2.
+    """[B, Tl + P, T + P] bool, docs/design.md §4.4 step 2.
 
     Causality by position and real keys only; light queries (text, newlines) see the natural
     sequence but no proxy; proxy queries see proxies and non-vision tokens but no full token.

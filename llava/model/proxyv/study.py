@@ -1,4 +1,4 @@
-"""The paper's Section 3 study variants of the decoder (DESIGN.md section 4, "The study variants").
+"""The paper's Section 3 study variants of the decoder (docs/design.md §4.8).
 
 From layer `s = proxyv_start_layer`, selected by `LlavaProxyVConfig.proxyv_variant`:
 * `mask_vision_attention`: training-free; ordinary layers whose mask hides vision keys from vision

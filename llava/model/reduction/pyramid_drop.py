@@ -1,4 +1,4 @@
-"""PyramidDrop (DESIGN.md section 4): keep `ratio` of the remaining vision tokens after the first
+"""PyramidDrop (docs/design.md §4.9): keep `ratio` of the remaining vision tokens after the first
 `l` layers for each `l` of `pyramid_drop_layers` (the paper's 12, 20, 26 of 32), ranked by the
 attention the last instruction token pays them.
 

@@ -1,4 +1,4 @@
-"""VisionZip (DESIGN.md section 4): per crop, `dominant` tokens the CLS token attends to most plus
+"""VisionZip (docs/design.md §4.9): per crop, `dominant` tokens the CLS token attends to most plus
 `contextual` tokens merged from the rest, computed inside the vision tower.
 
 * The CLS attention and the keys are those of the encoder layer whose output is the selected

@@ -1,0 +1,1 @@
+"""Command-line tools that prepare checkpoints for `llava` (e.g. `python -m llava.tools.convert_internlm2`)."""
