@@ -210,3 +210,29 @@ def test_visionzip_refuses_the_spatial_copy_back():
     with pytest.raises(ValueError, match="learned_proxy_guidance 'spatial'"):
         tiny_proxyv_config(family="phi3", learn_proxy=True, learned_proxy_guidance="spatial",
                            vision_token_reduction="visionzip", visionzip_dominant=6, visionzip_contextual=2)
+
+
+def test_converted_internlm2_runs_proxyv_like_the_reference(tmp_path):
+    """InternLM2.5's route: its checkpoint converted to the Llama layout (llava.tools.convert_internlm2)
+    builds a ProxyV LLaVA that matches the reference and decodes with its cache like recomputation."""
+    from llava.model.assemble import build_llava_from_llm
+    from tests.tools.test_convert_internlm2 import (
+        convert,
+        internlm2_config,
+        internlm2_weights,
+        write_checkpoint,
+    )
+
+    config = internlm2_config(max_position_embeddings=4096, num_hidden_layers=3)
+    src = write_checkpoint(tmp_path / "src", config, internlm2_weights(config, seed=4))
+    assert convert(src, tmp_path / "llm") == 0
+    clip = save_clip_folder(tmp_path / "clip", seed=2, image_size=IMAGE_SIZE)
+    model = build_llava_from_llm(str(tmp_path / "llm"), str(clip), proxyv_start_layer=1, attn_implementation="eager",
+                                 proxyv_reduce_factor=2, per_crop_token_len=16, learn_proxy=True).eval()
+    assert type(model) is FAMILIES["llama"].proxyv_causal_lm
+    ids, mask, crops = mixed_batch()
+    assert_batch_matches_reference(model, ids, mask, crops, MIXED_SAMPLES)
+    sample, images = GEN_SAMPLES[0], random_crops([3], seed=5)
+    single = torch.tensor([sample])
+    expected = greedy_by_recomputation(model, sample, images)
+    assert generate(model, single, torch.ones_like(single), images, use_cache=True).tolist() == [expected]
