@@ -20,17 +20,14 @@ ProxyV layer's guided update reaches.
 """
 
 import json
-import shutil
 from functools import cache
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-from safetensors import safe_open
 
-from llava.mm_utils import process_images
 from llava.model.builder import load_pretrained_model
+from tests.golden_helpers import assert_all_weights_from_file, case_id, case_inputs, copy_golden_checkpoints
 from tests.paths import GOLDEN
 
 FAMILIES = Path(__file__).resolve().parents[1] / "data" / "golden_families"
@@ -42,49 +39,14 @@ CROP = 576
 
 pytestmark = pytest.mark.skipif(not CLIP.is_dir(), reason="the shared golden tiny CLIP folder is not present")
 
-# transformers 5's `CLIPVisionModel` has no `vision_model.` level; the authors' files name the
-# tower's weights with it.
-TOWER_IN_FILE = "model.vision_tower.vision_tower.vision_model."
-TOWER_IN_MODEL = "model.vision_tower.vision_tower."
-
-
-def case_id(case):
-    return f"{case['checkpoint']}-{Path(case['image']).stem}"
-
-
 def file_config(name):
     return json.loads((FAMILIES / name / "config.json").read_text())
-
-
-def release_name(model_name: str) -> str:
-    return model_name.replace(TOWER_IN_MODEL, TOWER_IN_FILE, 1) if model_name.startswith(TOWER_IN_MODEL) else model_name
-
-
-def assert_all_weights_from_file(model, checkpoint_dir):
-    """Every tensor of the checkpoint file is a parameter of the model, with the same value, and back
-    (names as the authors write them: Qwen2's q/k/v biases, Phi-3's fused qkv_proj / gate_up_proj)."""
-    state = {release_name(name): tensor for name, tensor in model.state_dict().items()}
-    with safe_open(str(checkpoint_dir / "model.safetensors"), "pt") as weights:
-        names = set(weights.keys())
-        assert names == set(state), (sorted(names - set(state))[:5], sorted(set(state) - names)[:5])
-        for name in names:
-            assert torch.equal(weights.get_tensor(name), state[name]), name
 
 
 @pytest.fixture(scope="module")
 def golden_dirs(tmp_path_factory):
     """The checkpoints copied to tmp with `CLIP_DIR` pointing at the shared tiny CLIP folder."""
-    root = tmp_path_factory.mktemp("golden_families")
-    dirs = {}
-    for name in CHECKPOINTS:
-        target = root / name
-        shutil.copytree(FAMILIES / name, target)
-        config = target / "config.json"
-        text = config.read_text()
-        assert '"CLIP_DIR"' in text
-        config.write_text(text.replace('"CLIP_DIR"', json.dumps(str(CLIP.resolve()))))
-        dirs[name] = target
-    return dirs
+    return copy_golden_checkpoints(CHECKPOINTS, FAMILIES, CLIP, tmp_path_factory.mktemp("golden_families"))
 
 
 @pytest.fixture(scope="module")
@@ -101,22 +63,9 @@ def loaded(golden_dirs):
     load.cache_clear()
 
 
-def case_inputs(case, processor, config):
-    pixels = process_images([Image.open(FAMILIES / case["image"]).convert("RGB")], processor, config)
-    assert pixels.shape[:2] == (1, case["num_crops"]), pixels.shape
-    assert tuple(pixels.shape[-2:]) == (336, 336)
-    return {
-        "input_ids": torch.tensor([case["input_ids"]]),
-        "labels": torch.tensor([case["labels"]]),
-        "images": pixels,
-        "image_sizes": [case["image_size"]],
-        "use_cache": False,
-    }
-
-
 def run(model, processor, case):
     with torch.no_grad():
-        out = model(**case_inputs(case, processor, model.config))
+        out = model(**case_inputs(case, processor, model.config, FAMILIES))
     assert out.logits.shape == (1, case["seq_len"], file_config(case["checkpoint"])["vocab_size"])
     return out
 

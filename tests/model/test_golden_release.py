@@ -9,20 +9,23 @@ checkpoint written in the authors' format from a tiny in-process model loads bac
 """
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.mm_utils import process_images
 from llava.model import LlavaProxyVLlamaForCausalLM
 from llava.model.builder import load_pretrained_model
+from tests.golden_helpers import (
+    TOWER_IN_FILE,
+    assert_all_weights_from_file,
+    case_id,
+    case_inputs,
+    copy_golden_checkpoints,
+    release_name,
+)
 from tests.paths import GOLDEN
 from tests.proxyv_fixtures import (
     IMAGE_SIZE,
@@ -39,63 +42,17 @@ ATOL = 1e-4
 pytestmark = pytest.mark.skipif(not GOLDEN.is_dir(), reason="golden outputs not present")
 
 
-def case_id(case):
-    return f"{case['checkpoint']}-{Path(case['image']).stem}"
-
-
 @pytest.fixture(scope="module")
 def golden_dirs(tmp_path_factory):
     """The golden checkpoints copied to tmp with `CLIP_DIR` pointing at the golden CLIP folder."""
-    root = tmp_path_factory.mktemp("golden")
-    dirs = {}
-    for name in sorted({case["checkpoint"] for case in CASES}):
-        target = root / name
-        shutil.copytree(GOLDEN / name, target)
-        config = target / "config.json"
-        text = config.read_text()
-        assert '"CLIP_DIR"' in text
-        config.write_text(text.replace('"CLIP_DIR"', json.dumps(str((GOLDEN / "clip").resolve()))))
-        dirs[name] = target
-    return dirs
+    names = {case["checkpoint"] for case in CASES}
+    return copy_golden_checkpoints(names, GOLDEN, GOLDEN / "clip", tmp_path_factory.mktemp("golden"))
 
 
 def load(path, impl="eager"):
     tokenizer, model, processor, _ = load_pretrained_model(str(path), None, None, device="cpu",
                                                            attn_implementation=impl)
     return tokenizer, model, processor
-
-
-def case_inputs(case, processor, config):
-    pixels = process_images([Image.open(GOLDEN / case["image"]).convert("RGB")], processor, config)
-    assert pixels.shape[:2] == (1, case["num_crops"]), pixels.shape
-    assert tuple(pixels.shape[-2:]) == (336, 336)
-    return {
-        "input_ids": torch.tensor([case["input_ids"]]),
-        "labels": torch.tensor([case["labels"]]),
-        "images": pixels,
-        "image_sizes": [case["image_size"]],
-        "use_cache": False,
-    }
-
-
-# transformers 5's `CLIPVisionModel` has no `vision_model.` level; checkpoints (LLaVA's, the
-# authors') name the tower's weights with it.
-TOWER_IN_FILE = "model.vision_tower.vision_tower.vision_model."
-TOWER_IN_MODEL = "model.vision_tower.vision_tower."
-
-
-def release_name(model_name: str) -> str:
-    return model_name.replace(TOWER_IN_MODEL, TOWER_IN_FILE, 1) if model_name.startswith(TOWER_IN_MODEL) else model_name
-
-
-def assert_all_weights_from_file(model, checkpoint_dir):
-    """Every tensor of the checkpoint file is a parameter of the model, with the same value, and back."""
-    state = {release_name(name): tensor for name, tensor in model.state_dict().items()}
-    with safe_open(str(checkpoint_dir / "model.safetensors"), "pt") as weights:
-        names = set(weights.keys())
-        assert names == set(state), (sorted(names - set(state))[:5], sorted(set(state) - names)[:5])
-        for name in names:
-            assert torch.equal(weights.get_tensor(name), state[name]), name
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
@@ -108,7 +65,7 @@ def test_golden_release_outputs(case, impl, golden_dirs):
     assert model.config._attn_implementation == impl
     assert_all_weights_from_file(model, checkpoint)
     with torch.no_grad():
-        out = model(**case_inputs(case, processor, model.config))
+        out = model(**case_inputs(case, processor, model.config, GOLDEN))
     assert out.logits.shape[1] == case["seq_len"]
     torch.testing.assert_close(out.loss, torch.tensor(case["loss"]), atol=ATOL, rtol=0)
     torch.testing.assert_close(out.logits[0, -1], torch.tensor(case["last_logits"]), atol=ATOL, rtol=0)
@@ -121,7 +78,7 @@ def test_golden_natural_scheme_outputs(case, golden_dirs):
     _, model, processor = load(golden_dirs[case["checkpoint"]], "eager")
     model.config.image_newline_positions = "natural"
     with torch.no_grad():
-        out = model(**case_inputs(case, processor, model.config))
+        out = model(**case_inputs(case, processor, model.config, GOLDEN))
     expected = case["natural_scheme"]
     torch.testing.assert_close(out.loss, torch.tensor(expected["loss"]), atol=ATOL, rtol=0)
     torch.testing.assert_close(out.logits[0, -1], torch.tensor(expected["last_logits"]), atol=ATOL, rtol=0)
