@@ -9,11 +9,21 @@ Sequence of one sample with `C` crops of `g*g` tokens and `text` text tokens:
 * natural length `T = text + C*(g*g + 1)` (each crop is followed by one newline token);
 * light stream `T_l = text + C` (text + newlines) plus `P = C*n` proxies.
 
-Baseline layer: q/k/v/o projections and the FFN on all `T` tokens, attention `T x T`.
+Shapes: width `d`, `H` query heads and `H_kv` key/value heads of `head_dim` each (the config's
+explicit `head_dim` where it has one, e.g. Qwen3; else d / H), so q is d -> H*head_dim, k and v are
+d -> H_kv*head_dim each and o is H*head_dim -> d. Bias adds (Qwen2's q/k/v) and per-head norms
+(Qwen3's q/k RMSNorm) count 0; Phi-3's fused `gate_up_proj` costs what gate + up cost.
+
+Baseline layer: the q/k/v projections (fused or not, d -> (H + 2 H_kv) head_dim), o and the FFN on
+all `T` tokens, attention `T x T`. A fused `qkv_proj` (Phi-3) in a two-stream layer computes only
+the rows each stream needs (its weight is sliced), so it costs what separate q/k/v cost; only under
+DeepSpeed ZeRO-3, where the module must be called whole, does it also compute and drop the k/v rows
+of the queries and the q rows of the keys (not counted here: the benchmark runs without ZeRO).
 ProxyV layer: q/o projections and the FFN on the `T_l + P` light tokens; k/v projections on the
 `T + P` keys (natural sequence + proxies); attention `(T_l + P) x (T + P)`; the `VisionMLP` on the
 `C*g*g` full tokens (`input_proj` d -> d_m, `proj.0` 2 d_m -> d_m, `proj.2` d_m -> d); `context_proj`
-on the `P` proxies; with learned proxies the guidance `A @ context` ([g*g, n] x [n, d_m] per crop).
+on the `P` proxies; with learned proxies the guidance `A @ context` ([g*g, n] x [n, d_m] per crop),
+unless `learned_proxy_guidance` is "spatial" (a copy, as the authors' Phi-3 release does).
 Proxy creation (once, entering layer s): spatial = bilinear interpolation, 0 counted FLOPs (about 8
 per output element, i.e. ~C*n*d*8, negligible); learned = `W_k` on full tokens, the [n, g*g]
 scores and the softmax-weighted sum of the full tokens.
@@ -21,6 +31,8 @@ Study variants (`proxyv_variant`), layers from s: `mask_vision_attention` is a b
 saves nothing here); `skip_vision_attention` has q/o and the attention rows on the `T_l` light tokens,
 k/v on all `T`, the FFN on all `T`; `vision_mlp` the same with the FFN on `T_l` and the unguided MLP
 (d -> d_m -> d) on the `C*g*g` full tokens.
+PyramidDrop ranks before each drop with the next layer's projections: the instruction token's query
+and every current token's key (no values), one row of scores.
 """
 
 import re
@@ -28,22 +40,28 @@ from dataclasses import dataclass
 
 from transformers import CLIPVisionConfig
 
+from llava.model import family_for_model_type
 from llava.model.proxyv.modules import reduced_hidden_size
 
 
 @dataclass(frozen=True)
 class DecoderShape:
-    """A Llama decoder's matrix shapes."""
+    """A decoder's matrix shapes; `head_dim` 0 means hidden_size // num_heads."""
 
     hidden_size: int
     intermediate_size: int
     num_heads: int
     num_kv_heads: int
     vocab_size: int = 0
+    head_dim: int = 0
+
+    def __post_init__(self):
+        if not self.head_dim:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
 
     @property
     def kv_size(self) -> int:
@@ -95,34 +113,47 @@ def ffn_flops(shape: DecoderShape, tokens: int) -> int:
 
 
 def baseline_layer_flops(shape: DecoderShape, tokens: int) -> int:
-    """One ordinary decoder layer over `tokens` (T) tokens."""
+    """One ordinary decoder layer over `tokens` (T) tokens (fused or not, q, k and v once each)."""
     d = shape.hidden_size
-    projections = 2 * linear_flops(tokens, d, d) + 2 * linear_flops(tokens, d, shape.kv_size)
+    projections = linear_flops(tokens, d, shape.q_size + 2 * shape.kv_size) + linear_flops(tokens, shape.q_size, d)
     return projections + attention_flops(shape.num_heads, shape.head_dim, tokens, tokens) + ffn_flops(shape, tokens)
 
 
-def proxyv_layer_breakdown(shape: DecoderShape, seq: SequenceShape, reduced_size: int,
-                           learn_proxy: bool = False) -> dict[str, int]:
-    """Per-part FLOPs of one ProxyV layer; `reduced_size` is d_m."""
+def two_stream_attention_breakdown(shape: DecoderShape, queries: int, keys: int) -> dict[str, int]:
+    """Attention whose `queries` and `keys` are different token streams (ProxyV layers, study variants)."""
+    d = shape.hidden_size
+    return {
+        "q_o_proj": linear_flops(queries, d, shape.q_size) + linear_flops(queries, shape.q_size, d),
+        "k_v_proj": 2 * linear_flops(keys, d, shape.kv_size),
+        "attention": attention_flops(shape.num_heads, shape.head_dim, queries, keys),
+    }
+
+
+def proxyv_layer_breakdown(shape: DecoderShape, seq: SequenceShape, reduced_size: int, learn_proxy: bool = False,
+                           assignment_guidance: bool | None = None) -> dict[str, int]:
+    """Per-part FLOPs of one ProxyV layer; `reduced_size` is d_m. `assignment_guidance` (default:
+    `learn_proxy`): the guided update maps proxies back by the learned assignment A, a matmul, rather
+    than by the spatial copy (`learned_proxy_guidance` "spatial", the authors' Phi-3 release)."""
+    if assignment_guidance is None:
+        assignment_guidance = learn_proxy
     d, d_m = shape.hidden_size, reduced_size
     queries = seq.light + seq.proxies  # T_l + P
     keys = seq.total + seq.proxies  # T + P
     parts = {
-        "q_o_proj": 2 * linear_flops(queries, d, d),
-        "k_v_proj": 2 * linear_flops(keys, d, shape.kv_size),
-        "attention": attention_flops(shape.num_heads, shape.head_dim, queries, keys),
+        **two_stream_attention_breakdown(shape, queries, keys),
         "ffn": ffn_flops(shape, queries),
         "vision_mlp": linear_flops(seq.full, d, d_m) + linear_flops(seq.full, 2 * d_m, d_m)
         + linear_flops(seq.full, d_m, d),
         "context_proj": linear_flops(seq.proxies, d, d_m),
         # A [g*g, n] @ context [n, d_m] per crop; spatial guidance is a copy.
-        "guidance": linear_flops(seq.full, seq.proxies_per_crop, d_m) if learn_proxy else 0,
+        "guidance": linear_flops(seq.full, seq.proxies_per_crop, d_m) if assignment_guidance else 0,
     }
     return parts
 
 
-def proxyv_layer_flops(shape: DecoderShape, seq: SequenceShape, reduced_size: int, learn_proxy: bool = False) -> int:
-    return sum(proxyv_layer_breakdown(shape, seq, reduced_size, learn_proxy).values())
+def proxyv_layer_flops(shape: DecoderShape, seq: SequenceShape, reduced_size: int, learn_proxy: bool = False,
+                       assignment_guidance: bool | None = None) -> int:
+    return sum(proxyv_layer_breakdown(shape, seq, reduced_size, learn_proxy, assignment_guidance).values())
 
 
 def study_layer_flops(shape: DecoderShape, seq: SequenceShape, variant: str, reduced_size: int) -> int:
@@ -130,8 +161,7 @@ def study_layer_flops(shape: DecoderShape, seq: SequenceShape, variant: str, red
     if variant == "mask_vision_attention":
         return baseline_layer_flops(shape, seq.total)
     d = shape.hidden_size
-    attention = (2 * linear_flops(seq.light, d, d) + 2 * linear_flops(seq.total, d, shape.kv_size)
-                 + attention_flops(shape.num_heads, shape.head_dim, seq.light, seq.total))
+    attention = sum(two_stream_attention_breakdown(shape, seq.light, seq.total).values())
     if variant == "skip_vision_attention":
         return attention + ffn_flops(shape, seq.total)
     if variant == "vision_mlp":
@@ -151,15 +181,17 @@ def proxy_creation_flops(shape: DecoderShape, seq: SequenceShape, reduced_size: 
 
 
 def llm_prefill_flops(shape: DecoderShape, seq: SequenceShape, num_layers: int, start_layer: int | None = None,
-                      reduced_size: int = 0, learn_proxy: bool = False, variant: str = "proxyv") -> int:
-    """All decoder layers; `start_layer` None (or = num_layers) is the baseline; `variant` a study variant."""
+                      reduced_size: int = 0, learn_proxy: bool = False, variant: str = "proxyv",
+                      assignment_guidance: bool | None = None) -> int:
+    """All decoder layers; `start_layer` None (or = num_layers) is the baseline; `variant` a study variant;
+    `assignment_guidance` as for `proxyv_layer_breakdown`."""
     start = num_layers if start_layer is None else start_layer
     total = start * baseline_layer_flops(shape, seq.total)
     if start < num_layers and variant != "proxyv":
         total += (num_layers - start) * study_layer_flops(shape, seq, variant, reduced_size)
     elif start < num_layers:
         total += proxy_creation_flops(shape, seq, reduced_size, learn_proxy)
-        total += (num_layers - start) * proxyv_layer_flops(shape, seq, reduced_size, learn_proxy)
+        total += (num_layers - start) * proxyv_layer_flops(shape, seq, reduced_size, learn_proxy, assignment_guidance)
     return total
 
 
@@ -173,7 +205,7 @@ def pyramid_drop_llm_flops(shape: DecoderShape, seq: SequenceShape, num_layers: 
     stage_ends = [*drop_layers, num_layers]
     for index, (begin, end) in enumerate(zip(stage_starts, stage_ends, strict=True)):
         if index > 0:  # the drop entering this stage ranks the current tokens first
-            total += linear_flops(1, shape.hidden_size, shape.hidden_size)  # q of the instruction token
+            total += linear_flops(1, shape.hidden_size, shape.q_size)  # q of the instruction token
             total += linear_flops(tokens, shape.hidden_size, shape.kv_size)  # keys of every token
             total += 2 * shape.num_heads * shape.head_dim * tokens  # its scores over them
             kept = int(vision * ratio)
@@ -210,9 +242,13 @@ def mlp_projector_flops(vision_hidden: int, hidden: int, depth: int, tokens: int
 
 
 def decoder_shape(config) -> DecoderShape:
-    """The decoder shape of a LLaVA / ProxyV config."""
+    """The decoder shape of a LLaVA / ProxyV config of any family (its `model_type` names the family)."""
+    classes = family_for_model_type(config.model_type)
+    if classes is None:
+        raise ValueError(f"No analytic FLOPs for model_type '{config.model_type}': not a LLaVA / ProxyV config.")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return DecoderShape(config.hidden_size, config.intermediate_size, config.num_attention_heads,
-                        config.num_key_value_heads, config.vocab_size)
+                        config.num_key_value_heads, config.vocab_size, head_dim)
 
 
 def _projector_depth(projector_type: str) -> int:
@@ -234,7 +270,9 @@ def analytic_prefill_flops(config, text_tokens: int, crops: int) -> dict[str, in
     shape = decoder_shape(config)
     proxyv = getattr(config, "proxyv_start_layer", None) is not None
     variant = getattr(config, "proxyv_variant", "proxyv")
-    proxies = config.num_proxies_per_crop if proxyv and variant == "proxyv" else 0
+    proxies = config.decoder_proxies_per_crop if proxyv else 0
+    learn_proxy = bool(getattr(config, "learn_proxy", False))
+    assignment_guidance = learn_proxy and getattr(config, "learned_proxy_guidance", "assignment") == "assignment"
     tokens_per_crop = grid * grid
     if getattr(config, "vision_token_reduction", None) == "visionzip":  # the LLM sees the kept tokens only
         tokens_per_crop = config.visionzip_dominant + config.visionzip_contextual
@@ -250,6 +288,6 @@ def analytic_prefill_flops(config, text_tokens: int, crops: int) -> dict[str, in
         "llm_flops": pyramid_drop_llm_flops(shape, seq, config.num_hidden_layers, drop_layers,
                                             config.pyramid_drop_ratio) if drop_layers else
         llm_prefill_flops(shape, seq, config.num_hidden_layers, start, reduced,
-                          bool(getattr(config, "learn_proxy", False)), variant),
+                          learn_proxy, variant, assignment_guidance),
         "lm_head_flops": lm_head_flops(shape, 1),
     }

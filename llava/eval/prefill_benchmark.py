@@ -1,8 +1,10 @@
 """`python -m llava.eval.prefill_benchmark`: prefill FLOPs, time and memory of the baseline vs ProxyV.
 
 For each model (a preset or a config path, see `llava.eval.presets`) it measures the baseline and
-ProxyV from each `--proxyv-start-layers` entry on one sample: `--text-tokens` text tokens split
-around one image of `--crops` crops (random ids, random pixels, random weights).
+ProxyV from each `--proxyv-start-layers` entry (or `paper`: floor(3L/8) and L/2 of the model's L
+layers) on one sample: `--text-tokens` text tokens split around one image of `--crops` crops (random
+ids, random pixels, random weights). Every variant is built from the model's own decoder family
+(`llava.model.FAMILIES`: Llama, Mistral, Qwen2, Qwen3, Phi-3).
 
 * FLOPs are always counted exactly with `torch.utils.flop_counter.FlopCounterMode` on a model built
   on the `meta` device (no weights allocated), stage by stage: vision tower, projector, decoder
@@ -35,14 +37,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import DynamicCache
 
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.model import (
-    LlavaConfig,
-    LlavaLlamaForCausalLM,
-    LlavaProxyVConfig,
-    LlavaProxyVLlamaForCausalLM,
-    LlavaPyramidDropLlamaForCausalLM,
-)
+from llava.model import FAMILIES
 from llava.model.builder import resolve_dtype
+from llava.model.language_model.families import FamilyClasses
+from llava.model.language_model.proxyv_decoder import ProxyVConfigFields
 from llava.model.layout import MultimodalLayout, build_multimodal_sequence
 from llava.model.proxyv.plan import build_proxyv_plan
 from llava.model.reduction.pyramid_drop import drop_schedule
@@ -64,12 +62,13 @@ class Variant:
     """One row to measure: a named decoder variant with its config and model class.
 
     `name` is "baseline", "proxyv" or another variant's name; `start_layer` is the layer the variant
-    starts from (None for the baseline), shown in the table's `s` column.
+    starts from (None for the baseline), shown in the table's `s` column. `config` and `model_class`
+    are the spec's family's (`llava.model.FAMILIES[spec.family]`).
     """
 
     spec: ModelSpec
     name: str
-    config: LlavaConfig
+    config: object
     model_class: type
     start_layer: int | None = None
 
@@ -77,11 +76,22 @@ class Variant:
 # ----------------------------------------------------------------------------- configs and inputs
 
 
-def _num_layers(spec: ModelSpec, layers: int | None, start_layers: list[int]) -> int:
+PAPER_START_LAYERS = "paper"
+
+
+def paper_start_layers(depth: int) -> list[int]:
+    """The paper's Vicuna-7B settings s = 12 and s = 16 of 32 layers, as fractions of any depth:
+    floor(3L/8) and L // 2 (e.g. 10 and 14 of Qwen2's 28 layers, 13 and 18 of Qwen3-8B's 36)."""
+    return sorted({3 * depth // 8, depth // 2})
+
+
+def _num_layers(spec: ModelSpec, layers: int | None, start_layers: list[int] | str) -> int:
     """The LLM depth to build; every start layer must fit (s = depth means no ProxyV layer)."""
     depth = spec.num_layers if layers is None else layers
     if not 1 <= depth <= spec.num_layers:
         raise ValueError(f"--layers must be in [1, {spec.num_layers}] for {spec.name}, got {depth}.")
+    if start_layers == PAPER_START_LAYERS:
+        return depth
     too_deep = [s for s in start_layers if not 0 <= s <= depth]
     if too_deep:
         where = f"--layers {depth}" if layers is not None else f"{spec.name}'s {depth} layers"
@@ -96,21 +106,26 @@ class VariantRequest:
 
     spec: ModelSpec
     values: dict  # LLaVA config values at the benchmarked depth
-    start_layers: list[int]  # --proxyv-start-layers
+    start_layers: list[int]  # --proxyv-start-layers, resolved for this depth
     learn_proxy: bool
 
     @property
     def depth(self) -> int:
         return self.values["num_hidden_layers"]
 
+    @property
+    def classes(self) -> FamilyClasses:
+        """The spec's family's config and model classes."""
+        return FAMILIES[self.spec.family]
+
 
 def proxyv_family(request: VariantRequest) -> list[Variant]:
     """ProxyV from each requested start layer."""
-    spec, variants = request.spec, []
+    spec, classes, variants = request.spec, request.classes, []
     for start in request.start_layers:
-        config = LlavaProxyVConfig(**request.values, **spec.proxyv_options, proxyv_start_layer=start,
-                                   learn_proxy=request.learn_proxy, per_crop_token_len=spec.tokens_per_crop)
-        variants.append(Variant(spec, "proxyv", config, LlavaProxyVLlamaForCausalLM, start))
+        config = classes.proxyv_config(**{**request.values, **spec.proxyv_options, "proxyv_start_layer": start,
+                                          "learn_proxy": request.learn_proxy, "per_crop_token_len": spec.tokens_per_crop})
+        variants.append(Variant(spec, "proxyv", config, classes.proxyv_causal_lm, start))
     return variants
 
 
@@ -128,8 +143,8 @@ def _visionzip_options(spec: ModelSpec) -> dict:
 
 def visionzip_family(request: VariantRequest) -> list[Variant]:
     """VisionZip on the baseline decoder."""
-    config = LlavaConfig(**request.values, **_visionzip_options(request.spec))
-    return [Variant(request.spec, "visionzip", config, LlavaLlamaForCausalLM)]
+    config = request.classes.config(**{**request.values, **_visionzip_options(request.spec)})
+    return [Variant(request.spec, "visionzip", config, request.classes.causal_lm)]
 
 
 def pyramid_drop_family(request: VariantRequest) -> list[Variant]:
@@ -139,26 +154,29 @@ def pyramid_drop_family(request: VariantRequest) -> list[Variant]:
         return []  # no layer to drop after
     paper_layers, ratio = PYRAMID_DROP_PAPER
     layers = sorted({min(max(round(layer * depth / PAPER_DEPTH), 1), depth - 1) for layer in paper_layers})
-    config = LlavaConfig(**request.values, pyramid_drop_layers=layers, pyramid_drop_ratio=ratio)
-    return [Variant(request.spec, "pyramiddrop", config, LlavaPyramidDropLlamaForCausalLM)]
+    config = request.classes.config(**{**request.values, "pyramid_drop_layers": layers, "pyramid_drop_ratio": ratio})
+    return [Variant(request.spec, "pyramiddrop", config, request.classes.pyramid_drop_causal_lm)]
 
 
 def visionzip_proxyv_family(request: VariantRequest) -> list[Variant]:
     """Non-spatial ProxyV from depth // 2 on VisionZip-reduced tokens."""
-    spec, start = request.spec, request.depth // 2
-    config = LlavaProxyVConfig(**request.values, **spec.proxyv_options, **_visionzip_options(spec),
-                               proxyv_start_layer=start, learn_proxy=True, per_crop_token_len=spec.tokens_per_crop)
-    return [Variant(spec, "visionzip+proxyv", config, LlavaProxyVLlamaForCausalLM, start)]
+    spec, start, classes = request.spec, request.depth // 2, request.classes
+    # VisionZip's kept tokens form no grid, so the guided update maps the proxies back by the learned
+    # assignment, whatever the spec's release used (the authors' Phi-3 copied spatially).
+    config = classes.proxyv_config(**{**request.values, **spec.proxyv_options, **_visionzip_options(spec),
+                                      "learned_proxy_guidance": "assignment", "proxyv_start_layer": start,
+                                      "learn_proxy": True, "per_crop_token_len": spec.tokens_per_crop})
+    return [Variant(spec, "visionzip+proxyv", config, classes.proxyv_causal_lm, start)]
 
 
 def study_family(variant: str):
     """The family of one of the paper's Section 3 study variants, from the middle layer (16 of 32)."""
 
     def family(request: VariantRequest) -> list[Variant]:
-        spec, start = request.spec, request.depth // 2
-        config = LlavaProxyVConfig(**request.values, **spec.proxyv_options, proxyv_start_layer=start,
-                                   proxyv_variant=variant, per_crop_token_len=spec.tokens_per_crop)
-        return [Variant(spec, variant, config, LlavaProxyVLlamaForCausalLM, start)]
+        spec, start, classes = request.spec, request.depth // 2, request.classes
+        config = classes.proxyv_config(**{**request.values, **spec.proxyv_options, "proxyv_start_layer": start,
+                                          "proxyv_variant": variant, "per_crop_token_len": spec.tokens_per_crop})
+        return [Variant(spec, variant, config, classes.proxyv_causal_lm, start)]
 
     family.__doc__ = f"The study variant {variant} from depth // 2."
     return family
@@ -171,15 +189,28 @@ VARIANT_FAMILIES = {"proxyv": proxyv_family, "visionzip": visionzip_family, "pyr
                     "visionzip+proxyv": visionzip_proxyv_family, **{name: study_family(name) for name in STUDY_VARIANTS}}
 
 
-def build_variants(spec: ModelSpec, start_layers: list[int], layers: int | None = None, learn_proxy: bool = False,
-                   families: tuple[str, ...] = ("proxyv",)) -> list[Variant]:
-    """The baseline, then the rows of each family in `families`, all at the same LLM depth."""
+def _values_at_depth(spec: ModelSpec, depth: int) -> dict:
+    """The spec's config values with the LLM cut to `depth` layers (per-layer lists cut with it)."""
+    values = {**spec.llava_values, "num_hidden_layers": depth}
+    if values.get("layer_types") is not None:  # Qwen2 / Qwen3 configs list every layer's attention type
+        values["layer_types"] = list(values["layer_types"])[:depth]
+    return values
+
+
+def build_variants(spec: ModelSpec, start_layers: list[int] | str, layers: int | None = None,
+                   learn_proxy: bool = False, families: tuple[str, ...] = ("proxyv",)) -> list[Variant]:
+    """The baseline, then the rows of each family in `families`, all at the same LLM depth, in the
+    spec's decoder family; `start_layers` "paper" means `paper_start_layers(depth)`."""
     unknown = [name for name in families if name not in VARIANT_FAMILIES]
     if unknown:
         raise ValueError(f"Unknown variant(s) {unknown}; choose from {', '.join(VARIANT_FAMILIES)} or 'all'.")
-    values = {**spec.llava_values, "num_hidden_layers": _num_layers(spec, layers, start_layers)}
-    request = VariantRequest(spec, values, start_layers, learn_proxy)
-    variants = [Variant(spec, "baseline", LlavaConfig(**values), LlavaLlamaForCausalLM)]
+    depth = _num_layers(spec, layers, start_layers)
+    if start_layers == PAPER_START_LAYERS:
+        start_layers = paper_start_layers(depth)
+    values = _values_at_depth(spec, depth)
+    request = VariantRequest(spec, values, list(start_layers), learn_proxy)
+    classes = request.classes
+    variants = [Variant(spec, "baseline", classes.config(**values), classes.causal_lm)]
     for name in families:
         variants += VARIANT_FAMILIES[name](request)
     return variants
@@ -250,10 +281,11 @@ def _decoder(model, hidden: torch.Tensor, layout_cpu: MultimodalLayout) -> torch
     With a cache and no 2D mask, transformers needs no mask values (it lets SDPA run causally);
     the counter still counts the full T x T attention, as it does for any mask.
     """
+    _static_rope_on_meta(model)
     layout = _to_device(layout_cpu, "meta")
     cache = DynamicCache(config=model.config)
     extra = model.decoder_layout_kwargs(layout)
-    if isinstance(model.config, LlavaProxyVConfig):
+    if isinstance(model.config, ProxyVConfigFields):
         # The plan reads index values, so it is built on CPU and moved to meta; the rest is the model's own forward.
         plan = build_proxyv_plan(layout_cpu, model.config.decoder_proxies_per_crop, hidden.dtype)
         extra["proxyv_plan"] = _to_device(plan, "meta")
@@ -263,6 +295,18 @@ def _decoder(model, hidden: torch.Tensor, layout_cpu: MultimodalLayout) -> torch
     output = model.model(inputs_embeds=hidden, position_ids=layout.position_ids, past_key_values=cache,
                          use_cache=True, **extra)
     return output.last_hidden_state
+
+
+def _static_rope_on_meta(model) -> None:
+    """Let a meta model's dynamic-NTK RoPE (e.g. converted InternLM2.5) run as plain RoPE.
+
+    transformers' dynamic RoPE compares the largest position id with its cached length before every
+    call, which reads a value meta tensors do not have. Past that length it only rescales the
+    rotary frequencies (element-wise, 0 FLOPs), so counting with the unscaled ones is exact.
+    """
+    for module in model.modules():
+        if isinstance(getattr(module, "rope_type", None), str) and "dynamic" in module.rope_type:
+            module.rope_type = "default"
 
 
 @torch.no_grad()
@@ -560,6 +604,13 @@ def format_table(result: dict) -> str:
 # ----------------------------------------------------------------------------- command line
 
 
+def _start_layers(text: str) -> list[int] | str:
+    """Comma-separated start layers, or "paper" (`paper_start_layers` of each model's depth)."""
+    if text.strip() == PAPER_START_LAYERS:
+        return PAPER_START_LAYERS
+    return _int_list(text)
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -571,8 +622,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--model", default="vicuna-7b",
                         help="preset name(s), comma-separated, or a config.json / checkpoint folder path")
-    parser.add_argument("--proxyv-start-layers", type=_int_list, default=[12, 16],
-                        help="ProxyV start layers, comma-separated (the baseline is always measured)")
+    parser.add_argument("--proxyv-start-layers", type=_start_layers, default=[12, 16],
+                        help="ProxyV start layers, comma-separated (the baseline is always measured), or\n"
+                             "'paper': floor(3L/8) and L/2 of each model's L layers (12 and 16 of 32)")
     parser.add_argument("--variants", default="all",
                         help="comma-separated variant families besides the baseline, or 'all': "
                              + ", ".join(VARIANT_FAMILIES))

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .backends import masked_attention_interface
+from .zero3_params import is_partitioned
 
 
 def rotate_half(states: torch.Tensor) -> torch.Tensor:
@@ -51,8 +52,11 @@ class SeparateProjections:
     def queries(self, attn: nn.Module, states: torch.Tensor) -> torch.Tensor:
         return _heads(attn.q_proj(states), attn.head_dim)  # [B, H, S, hd]
 
+    def keys(self, attn: nn.Module, states: torch.Tensor) -> torch.Tensor:
+        return _heads(attn.k_proj(states), attn.head_dim)  # [B, Hkv, S, hd]
+
     def keys_values(self, attn: nn.Module, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _heads(attn.k_proj(states), attn.head_dim), _heads(attn.v_proj(states), attn.head_dim)
+        return self.keys(attn, states), _heads(attn.v_proj(states), attn.head_dim)
 
     def after_attention(self, layer: nn.Module, output: torch.Tensor) -> torch.Tensor:
         """The attention output as the residual adds it (a family may apply dropout here)."""
@@ -68,30 +72,41 @@ class QKNormProjections(SeparateProjections):
     def queries(self, attn, states):
         return attn.q_norm(attn.q_proj(states).view(*states.shape[:-1], -1, attn.head_dim)).transpose(1, 2)
 
-    def keys_values(self, attn, states):
-        keys = attn.k_norm(attn.k_proj(states).view(*states.shape[:-1], -1, attn.head_dim)).transpose(1, 2)
-        return keys, _heads(attn.v_proj(states), attn.head_dim)
+    def keys(self, attn, states):
+        return attn.k_norm(attn.k_proj(states).view(*states.shape[:-1], -1, attn.head_dim)).transpose(1, 2)
 
 
 class FusedQKVProjection(SeparateProjections):
     """Phi-3: one `qkv_proj` whose output is [queries | keys | values]; residual dropouts.
 
-    The module is called (not its weight sliced) so DeepSpeed ZeRO-3 gathers it; as in the authors'
-    release, the unused part of each call is computed and dropped.
+    Each stream gets only the rows it needs: the queries rows for the query stream, the key (and
+    value) rows for the key stream, by slicing the weight. Under DeepSpeed ZeRO-3 the weight is a
+    shard outside the module's own call, so there the module is called (which gathers it) and the
+    unused part of its output is dropped, as the authors' release always does.
     """
 
-    def _sizes(self, attn) -> tuple[int, int]:
-        return attn.config.num_attention_heads * attn.head_dim, attn.config.num_key_value_heads * attn.head_dim
+    def _rows(self, attn, part: str) -> slice:
+        query_size = attn.config.num_attention_heads * attn.head_dim
+        kv_size = attn.config.num_key_value_heads * attn.head_dim
+        return {"q": slice(0, query_size), "k": slice(query_size, query_size + kv_size),
+                "kv": slice(query_size, query_size + 2 * kv_size)}[part]
+
+    def _project(self, attn, states, part: str) -> torch.Tensor:
+        rows, linear = self._rows(attn, part), attn.qkv_proj
+        if is_partitioned(linear.weight):
+            return linear(states)[..., rows]
+        bias = linear.bias[rows] if linear.bias is not None else None
+        return nn.functional.linear(states, linear.weight[rows], bias)
 
     def queries(self, attn, states):
-        query_size, _ = self._sizes(attn)
-        return _heads(attn.qkv_proj(states)[..., :query_size], attn.head_dim)
+        return _heads(self._project(attn, states, "q"), attn.head_dim)
+
+    def keys(self, attn, states):
+        return _heads(self._project(attn, states, "k"), attn.head_dim)
 
     def keys_values(self, attn, states):
-        query_size, kv_size = self._sizes(attn)
-        fused = attn.qkv_proj(states)
-        keys = fused[..., query_size : query_size + kv_size]
-        return _heads(keys, attn.head_dim), _heads(fused[..., query_size + kv_size :], attn.head_dim)
+        keys, values = self._project(attn, states, "kv").chunk(2, dim=-1)
+        return _heads(keys, attn.head_dim), _heads(values, attn.head_dim)
 
     def after_attention(self, layer, output):
         return layer.resid_attn_dropout(output)
@@ -104,11 +119,16 @@ HeadProjection = SeparateProjections  # the interface every family's projection 
 
 
 def project_heads(attn: nn.Module, projection: HeadProjection, query_in: torch.Tensor, key_in: torch.Tensor,
-                  query_positions: torch.Tensor, key_positions: torch.Tensor, rotary: nn.Module):
+                  query_positions: torch.Tensor, key_positions: torch.Tensor, rotary: nn.Module,
+                  with_values: bool = True):
     """Rotated query heads [B, H, Q, hd] of `query_in` [B, Q, D] and key / value heads
-    [B, Hkv, K, hd] of `key_in` [B, K, D], each stream at its own RoPE positions."""
+    [B, Hkv, K, hd] of `key_in` [B, K, D], each stream at its own RoPE positions (values None
+    without `with_values`: attention scores alone need none)."""
     query = projection.queries(attn, query_in)
-    key, value = projection.keys_values(attn, key_in)
+    if with_values:
+        key, value = projection.keys_values(attn, key_in)
+    else:
+        key, value = projection.keys(attn, key_in), None
     q_cos, q_sin = rotary(query_in, query_positions)
     k_cos, k_sin = rotary(key_in, key_positions)
     return apply_rope(query, q_cos, q_sin), apply_rope(key, k_cos, k_sin), value

@@ -1,6 +1,9 @@
-"""The prefill benchmark's VisionZip, PyramidDrop and VisionZip+ProxyV rows (tiny preset, FLOPs on meta)."""
+"""The prefill benchmark's VisionZip, PyramidDrop and VisionZip+ProxyV rows (tiny presets, FLOPs on meta;
+timed on CPU for the Llama family and for Phi-3, whose fused projection differs most)."""
 
 import json
+
+import pytest
 
 from llava.eval.prefill_benchmark import VISIONZIP_PAPER, build_variants, main
 from llava.eval.presets import load_model_spec
@@ -8,9 +11,10 @@ from llava.eval.presets import load_model_spec
 FAMILIES = ("visionzip", "pyramiddrop", "visionzip+proxyv")
 
 
-def test_rows_appear_and_reduce_flops(tmp_path):
+@pytest.mark.parametrize("model", ["tiny", "tiny-phi3"])
+def test_rows_appear_and_reduce_flops(tmp_path, model):
     path = tmp_path / "result.json"
-    assert main(["--model", "tiny", "--proxyv-start-layers", "2", "--variants", ",".join(FAMILIES), "--json", str(path)]) == 0
+    assert main(["--model", model, "--proxyv-start-layers", "2", "--variants", ",".join(FAMILIES), "--json", str(path)]) == 0
     rows = {row["variant"]: row for row in json.loads(path.read_text())["rows"]}
     assert set(rows) == {"baseline", *FAMILIES}
     baseline = rows["baseline"]["llm_flops"]
@@ -32,11 +36,12 @@ def test_paper_settings_scale_with_the_preset():
     assert cut["pyramiddrop"].config.pyramid_drop_layers == [6, 10, 13]
 
 
-def test_cpu_run_times_prefill_train_and_decode(tmp_path):
+@pytest.mark.parametrize("model", ["tiny", "tiny-phi3"])
+def test_cpu_run_times_prefill_train_and_decode(tmp_path, model):
     """The timed phases run for every reduction row: prefill, a training step, and a decoding step
     over the staged PyramidDrop cache (cropped back after each step)."""
     path = tmp_path / "result.json"
-    assert main(["--model", "tiny", "--proxyv-start-layers", "2", "--variants", ",".join(FAMILIES), "--device", "cpu",
+    assert main(["--model", model, "--proxyv-start-layers", "2", "--variants", ",".join(FAMILIES), "--device", "cpu",
                  "--repeats", "2", "--warmup", "0", "--json", str(path)]) == 0
     for row in json.loads(path.read_text())["rows"]:
         assert row["prefill_time_s"] > 0 and row["train_step_time_s"] > 0 and row["decode_step_time_s"] > 0, row
