@@ -236,3 +236,26 @@ def test_converted_internlm2_runs_proxyv_like_the_reference(tmp_path):
     single = torch.tensor([sample])
     expected = greedy_by_recomputation(model, sample, images)
     assert generate(model, single, torch.ones_like(single), images, use_cache=True).tolist() == [expected]
+
+
+def test_fused_qkv_slices_its_weight_and_calls_the_module_under_zero3():
+    """Phi-3's fused projection: weight slices normally; under ZeRO-3 (a partitioned weight carries
+    `ds_id`, and only the module's own call gathers it) the whole module is called; the same heads."""
+    from llava.model.attention import FusedQKVProjection
+
+    model = tiny_proxyv_model(seed=71, family="phi3")
+    attn, projection = model.model.layers[0].self_attn, FusedQKVProjection()
+    states = torch.randn(2, 5, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    calls = []
+    hook = attn.qkv_proj.register_forward_hook(lambda module, args, output: calls.append(output.shape[-1]))
+    sliced = (projection.queries(attn, states), *projection.keys_values(attn, states))
+    assert calls == []  # sliced: the module itself never ran
+    attn.qkv_proj.weight.ds_id = 0  # what DeepSpeed ZeRO-3 marks a partitioned parameter with
+    try:
+        whole = (projection.queries(attn, states), *projection.keys_values(attn, states))
+    finally:
+        del attn.qkv_proj.weight.ds_id
+        hook.remove()
+    assert len(calls) == 2
+    for got, expected in zip(whole, sliced):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
