@@ -259,3 +259,15 @@ def test_fused_qkv_slices_its_weight_and_calls_the_module_under_zero3():
     assert len(calls) == 2
     for got, expected in zip(whole, sliced):
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_tied_embeddings_save_and_load(tmp_path):
+    """Small Qwen2 / Qwen3 models tie the LM head to the embeddings: saved once, loaded tied."""
+    clip_dir = save_clip_folder(tmp_path / "clip", seed=5, image_size=IMAGE_SIZE)
+    model = tiny_proxyv_model(seed=52, family="qwen2", tie_word_embeddings=True, mm_vision_tower=str(clip_dir))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    model.save_pretrained(tmp_path / "ckpt")
+    tiny_word_tokenizer().save_pretrained(tmp_path / "ckpt")
+    _, loaded, _, _ = load_pretrained_model(str(tmp_path / "ckpt"), device="cpu", attn_implementation="eager")
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    torch.testing.assert_close(loaded.lm_head.weight, model.lm_head.weight)
