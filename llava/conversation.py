@@ -656,23 +656,40 @@ def template_for_model(name_or_path: str, cache_dir: str | os.PathLike | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m llava.conversation --model PATH`: print the model's template name on stdout."""
+    """`python -m llava.conversation --model PATH`: print the model's template name on stdout.
+
+    A `--model` that is not there (nor a hub name) or is a file is a `UsageError` (exit status 2);
+    a model folder whose files do not tell its template a `DamagedInputError` (1); run it through
+    `llava.errors.run_main`, which prints either as one `error: ...` line.
+    """
+    from llava.errors import DamagedInputError, UsageError, one_line
+
     parser = argparse.ArgumentParser(
         prog="python -m llava.conversation",
         description="Print the conversation template (--version) for a language model, chosen from its "
         "config.json model_type and tokenizer files (no weights are read).",
     )
     parser.add_argument("--model", required=True, help="model folder or hub name (org/model)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
+    model = os.path.expanduser(args.model)
+    if os.path.exists(model) and not os.path.isdir(model):
+        raise UsageError(f"--model {args.model} is a file; give the model's folder (with config.json) or a hub name.")
+    if os.path.isdir(model) and not os.path.exists(os.path.join(model, "config.json")):
+        raise UsageError(f"--model {args.model} has no config.json: it is not a model folder; give the language "
+                         "model's folder or a hub name.")
     try:
         name, why = explain_template_for_model(args.model)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        if not os.path.isdir(model):  # not a folder here, nor in the hub cache
+            raise UsageError(f"--model: {one_line(error)}") from error
+        raise DamagedInputError(f"--model {args.model}: {one_line(error)}") from error
     print(name)
     print(f"Conversation template for {args.model}: {name} ({why}).", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from llava.errors import run_main
+
+    sys.exit(run_main(main))

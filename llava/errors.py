@@ -8,9 +8,10 @@ path checks, config / weights loading), naming the file, record or option and th
 Both are `ValueError`s, so API callers that catch `ValueError` keep working.
 
 Every `main()` runs through `run_main`, which prints a `UserError` as one line on stderr,
-`error: <message>`, and returns its exit status; Ctrl-C is status 130. `--debug` on the command line
+`error: <message>`, and returns its exit status; an `OSError` no check caught (a full disk, a folder
+that cannot be written) is one line and status 1; Ctrl-C is status 130. `--debug` on the command line
 (or `LLAVA_DEBUG=1` in the environment, for `train.py`, whose `--debug` belongs to transformers)
-shows the traceback instead.
+shows the traceback instead. Any other exception is a bug and keeps its traceback.
 
 Library exceptions that mean "this file is damaged" are translated where they happen, by the
 readers below: `read_json_file` (JSON syntax, naming file and line), `read_safetensors_header`
@@ -46,6 +47,10 @@ class DamagedInputError(UserError):
 
     exit_status = 1
 
+
+
+class TrainingStopped(DamagedInputError):
+    """A training run stopped by its guards (too many bad records in an epoch, a NaN/inf loss)."""
 
 def debug_requested(argv: list[str] | None, option: str | None = "--debug") -> bool:
     """`option` on the command line (`argv`, else `sys.argv`), or `LLAVA_DEBUG` set to anything but 0."""
@@ -153,12 +158,13 @@ def torch_load_file(path: str | os.PathLike, what: str = "checkpoint file"):
     except OSError:
         raise  # cannot be read at all (permissions, a folder): the OS's own message names the file
     except Exception as error:  # pickle, zip and torch raise many kinds for a file that is not a checkpoint
-        raise DamagedInputError(f"{what} {path} is not a readable torch checkpoint ({_short_reason(error)}); "
+        raise DamagedInputError(f"{what} {path} is not a readable torch checkpoint ({short_reason(error)}); "
                                 "point at the file training wrote (e.g. mm_projector.bin).") from error
 
 
-def _short_reason(error: BaseException, limit: int = 100) -> str:
-    """`Type: first sentence` of a library error, cut to about `limit` characters."""
+def short_reason(error: BaseException, limit: int = 100) -> str:
+    """`Type: first sentence` of a library error, cut to about `limit` characters, for the
+    parenthesis of a message that names the file and the fix itself."""
     text = one_line(error)
     if text == type(error).__name__:
         return text

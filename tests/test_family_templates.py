@@ -449,7 +449,7 @@ def test_command_line(tmp_path, family_tokenizers):
     (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     run = subprocess.run([sys.executable, "-m", "llava.conversation", "--model", str(folder)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
-    assert run.returncode == 1 and run.stdout == "" and run.stderr.startswith("error: No default")
+    assert run.returncode == 1 and run.stdout == "" and run.stderr.startswith(f"error: --model {folder}: No default")
 
 
 def test_launch_scripts_pick_the_stage_2_template(tmp_path, family_tokenizers):

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from llava.errors import run_main as run_entry_point
 from llava.eval.run_llava import main as run_llava_main
 from llava.model.builder import _DropLoadReport, load_pretrained_model
 from llava.train.check_data import TrainingSetupError, check_training_paths
@@ -53,7 +54,8 @@ def test_chat_cli_and_run_llava_answer_in_one_line(case, broken_checkpoints, tin
     path = str(broken_checkpoints[case])
     code, _, err = run_main(["--model-path", path], "hi\n", monkeypatch, capsys)
     assert_one_error_line(code, err, *NEEDLES[case])
-    code = run_llava_main(["--model-path", path, "--image-file", str(tiny_assets.example_image()), "--query", "hi"])
+    code = run_entry_point(run_llava_main, ["--model-path", path, "--image-file", str(tiny_assets.example_image()),
+                                            "--query", "hi"])
     assert_one_error_line(code, capsys.readouterr().err, *NEEDLES[case])
 
 
@@ -64,8 +66,10 @@ def test_training_paths_are_checked_before_loading(tiny_assets, tmp_path):
         ((str(tmp_path / "llm"), *good[1:]), "--model_name_or_path .* does not exist"),
         ((str(tmp_path), *good[1:]), "has no config.json"),
         ((good[0], "./clip", *good[2:]), "--vision_tower ./clip does not exist"),
-        ((*good[:2], f"{good[2]},{tmp_path / 'b.json'}", good[3]), r"--data_path .*b.json is not a file"),
-        ((*good[:3], str(tmp_path / "images")), "--image_folder .* is not a folder"),
+        ((*good[:2], f"{good[2]},{tmp_path / 'b.json'}", good[3]), r"--data_path .*b.json does not exist"),
+        ((*good[:2], str(tmp_path), good[3]), r"--data_path .* is not a file"),
+        ((*good[:3], str(tmp_path / "images")), "--image_folder .* does not exist"),
+        ((*good[:3], good[2]), "--image_folder .* is not a folder"),
     ]
     for args, message in cases:
         with pytest.raises(TrainingSetupError, match=message):

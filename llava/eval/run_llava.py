@@ -2,6 +2,12 @@
 
 With no `--model-path` it builds the tiny offline assets (if missing) and asks the tiny ProxyV
 model about a bundled image, which is the embedded default of the README's first command.
+
+The options are checked before anything loads, by the same code as the chat CLI's
+(`llava.serve.inference`): temperature >= 0, 0 < top_p <= 1, beams >= 1, max new tokens >= 1, a known
+device and template; the prompt with its images plus the reply must fit the model's context. A
+problem is one `error: ...` line on stderr, exit status 2 for a bad option or path, 1 for a file that
+cannot be used (`llava.errors.run_main`); `--debug` shows the traceback.
 """
 
 import argparse
@@ -11,14 +17,20 @@ import sys
 import torch
 
 from llava.conversation import get_conv_template
+from llava.errors import UsageError, run_main
 from llava.mm_utils import tokenizer_image_token
-from llava.model.builder import load_pretrained_model
 from llava.serve.inference import (
+    check_context_length,
+    check_conv_mode,
+    check_device,
+    check_generation_options,
+    check_text,
     default_conv_mode,
     generation_kwargs,
     load_images,
-    one_line,
+    load_model,
     pixels_for_model,
+    prompt_length,
     with_image_placeholders,
 )
 
@@ -35,13 +47,22 @@ def build_prompt(query: str, num_images: int, conv_mode: str) -> str:
 
 @torch.inference_mode()
 def answer(tokenizer, model, image_processor, images, query: str, conv_mode: str, temperature: float = 0.0,
-           top_p: float | None = None, num_beams: int = 1, max_new_tokens: int = 64) -> str:
-    """One generated answer for `query` about the PIL `images`."""
+           top_p: float | None = None, num_beams: int = 1, max_new_tokens: int = 64,
+           context_len: int | None = None) -> str:
+    """One generated answer for `query` about the PIL `images`. The options are validated as the
+    command line's are; with `context_len`, a prompt (images expanded) plus `max_new_tokens` that does
+    not fit is a UsageError saying the limit."""
+    check_generation_options(temperature, max_new_tokens, top_p, num_beams)
+    check_conv_mode(conv_mode)
     prompt = build_prompt(query, len(images), conv_mode)
-    input_ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")[None].to(model.device)
+    input_ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")
+    pixels = pixels_for_model(images, image_processor, model) if images else None
+    if context_len is not None:
+        check_context_length(prompt_length(input_ids, pixels, model), max_new_tokens, context_len,
+                             "Shorten --query, use fewer images, or lower --max-new-tokens.")
     output_ids = model.generate(
-        input_ids,
-        images=pixels_for_model(images, image_processor, model) if images else None,
+        input_ids[None].to(model.device),
+        images=pixels,
         image_sizes=[image.size for image in images] if images else None,
         **generation_kwargs(tokenizer, temperature, max_new_tokens, top_p, num_beams),
     )
@@ -55,18 +76,34 @@ def parse_args(argv=None):
     parser.add_argument("--image-file", default=None, help="image path(s), comma-separated")
     parser.add_argument("--query", default="What is in the image?")
     parser.add_argument("--conv-mode", default=None)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--top_p", type=float, default=None)
-    parser.add_argument("--num_beams", type=int, default=1)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--attn-implementation", default="sdpa")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=None, help="nucleus sampling, in (0, 1]")
+    parser.add_argument("--num_beams", "--num-beams", dest="num_beams", type=int, default=1)
+    parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=64)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--attn-implementation", default="sdpa", choices=("eager", "sdpa", "flash_attention_2"))
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser.parse_args(argv)
 
 
+def check_args(args) -> None:
+    """The option checks the chat CLI makes too, before anything loads; UsageError."""
+    check_generation_options(args.temperature, args.max_new_tokens, args.top_p, args.num_beams)
+    args.device = check_device(args.device)
+    check_conv_mode(args.conv_mode)
+    if args.image_file is None and args.model_path is not None:
+        raise UsageError("--image-file is required with --model-path; give one or more image paths, comma-separated.")
+    if not args.query.strip():
+        raise UsageError("--query is empty; ask a question.")
+    check_text(args.query, "--query")
+
+
 def main(argv=None) -> int:
+    """One question, one answer; problems the user can fix raise `llava.errors.UserError` (run it
+    through `run_main`)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    check_args(args)
     model_path, image_files = args.model_path, args.image_file
     if model_path is None:
         from llava.tiny.build import build_tiny_assets
@@ -75,28 +112,19 @@ def main(argv=None) -> int:
         model_path = str(assets.llava_proxyv)
         image_files = image_files or str(assets.example_image())
         logger.info("No --model-path: using the tiny ProxyV model %s", model_path)
-    if not image_files:
-        print("error: --image-file is required with --model-path", file=sys.stderr)
-        return 2
-    try:
-        images = load_images(image_files)
-        tokenizer, model, image_processor, _ = load_pretrained_model(
-            model_path, args.model_base, None, device=args.device, attn_implementation=args.attn_implementation
-        )
-    except (FileNotFoundError, ValueError, OSError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 1
+    images = load_images(image_files)
+    tokenizer, model, image_processor, context_len = load_model(
+        model_path, args.model_base, device=args.device, attn_implementation=args.attn_implementation
+    )
+    if image_processor is None:
+        raise UsageError(f"--model-path {model_path} has no vision tower; it cannot answer about images.")
     conv_mode = args.conv_mode or default_conv_mode(model.config, tokenizer)
-    print(f"Q ({', '.join(image_files.split(','))}): {args.query}")
-    try:
-        reply = answer(tokenizer, model, image_processor, images, args.query, conv_mode, args.temperature,
-                       args.top_p, args.num_beams, args.max_new_tokens)
-    except ValueError as error:  # e.g. an unknown --conv-mode
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 1
+    print(f"Q ({', '.join(path.strip() for path in image_files.split(','))}): {args.query}")
+    reply = answer(tokenizer, model, image_processor, images, args.query, conv_mode, args.temperature,
+                   args.top_p, args.num_beams, args.max_new_tokens, context_len)
     print(f"A: {reply}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -8,9 +8,12 @@ can be scripted through a pipe:
     printf 'What is in the image?\\nWhat colour is it?\\n' | python -m llava.serve.cli \\
         --model-path CHECKPOINT --image-file photo.jpg --temperature 0
 
-Bad input (a missing or unreadable image, a bad model path, an unknown template, 8/4-bit loading
-without CUDA) is one `error: ...` line on stderr and exit code 1. `--debug` prints each turn's
-prompt and reply, and shows tracebacks.
+Bad input is one `error: ...` line on stderr (`llava.errors.run_main`): exit code 2 for a bad option
+or path (an unknown template or device, a negative temperature, a model path or image that does not
+exist, 8/4-bit loading without CUDA, a message too long for the model's context), 1 for a file or
+input that cannot be used (an unreadable image, a damaged checkpoint, a line of standard input that
+is not UTF-8). The options are checked before the model loads. `--debug` prints each turn's prompt
+and reply, and shows tracebacks.
 
 The steps it shares with `python -m llava.eval.run_llava` live in `llava.serve.inference`.
 """
@@ -27,15 +30,20 @@ from transformers import StoppingCriteriaList, TextStreamer
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation, SeparatorStyle, get_conv_template
+from llava.errors import DamagedInputError, UsageError, run_main
 from llava.mm_utils import KeywordsStoppingCriteria, tokenizer_image_token
-from llava.model.builder import load_pretrained_model
-from llava.model.llava_arch import split_image_crops
 from llava.serve.inference import (
+    check_context_length,
+    check_conv_mode,
+    check_device,
+    check_generation_options,
+    check_text,
     default_conv_mode,
     generation_kwargs,
     load_images,
-    one_line,
+    load_model,
     pixels_for_model,
+    prompt_length,
     with_image_placeholders,
 )
 
@@ -76,6 +84,8 @@ class ChatSession:
 
     def __init__(self, tokenizer, model, image_processor, images: list, conv_mode: str, context_len: int,
                  temperature: float = 0.2, max_new_tokens: int = 512, streamer=None):
+        check_generation_options(temperature, max_new_tokens)
+        check_conv_mode(conv_mode, "conv_mode")
         self.conversation = get_conv_template(conv_mode)
         self.tokenizer, self.model, self.context_len = tokenizer, model, context_len
         self.num_images = len(images)
@@ -124,33 +134,58 @@ class ChatSession:
         return text
 
     def _check_length(self, input_ids: torch.Tensor) -> None:
-        """The prompt with its images expanded, plus the reply, must fit the model's context."""
-        length = int((input_ids != IMAGE_TOKEN_INDEX).sum())
-        if self.pixels is not None:
-            tokens_per_crop = self.model.get_vision_tower().num_patches + 1  # patches + newline
-            length += tokens_per_crop * sum(crops.shape[0] for crops in split_image_crops(self.pixels))
-        needed = length + self.generate_kwargs["max_new_tokens"]
-        if needed > self.context_len:
-            raise ValueError(
-                f"The conversation is {length} tokens long with its images; with --max-new-tokens "
-                f"{self.generate_kwargs['max_new_tokens']} that exceeds the model's context of {self.context_len} "
-                "tokens. Start a new session (or lower --max-new-tokens)."
-            )
+        """The prompt with its images expanded, plus the reply, must fit the model's context
+        (`llava.serve.inference.check_context_length`: a UsageError saying the limit)."""
+        images = ", use fewer images," if self.pixels is not None else ""
+        shorten = ("Start a new session (or lower --max-new-tokens)." if len(self.conversation.messages) > 2 else
+                   f"Send a shorter message{images} or lower --max-new-tokens.")
+        check_context_length(prompt_length(input_ids, self.pixels, self.model), self.generate_kwargs["max_new_tokens"],
+                             self.context_len, shorten, what="The conversation", with_images=self.pixels is not None)
+
+
+def read_line(prompt: str, line_number: int) -> str | None:
+    """One line of input after `prompt`; None at end of input. A line that is not UTF-8 (a strict
+    decoder's UnicodeDecodeError, or the lone surrogates of a `surrogateescape` one) is a
+    DamagedInputError naming the line, not a tokenizer error later."""
+    what = f"standard input line {line_number}"
+    try:
+        text = input(prompt)
+    except EOFError:
+        print()
+        return None
+    except UnicodeDecodeError as error:
+        print()
+        raise DamagedInputError(f"{what} is not valid UTF-8 text ({error.reason} at byte {error.start}); "
+                                "re-encode the input as UTF-8.") from error
+    try:
+        return check_text(text, what)
+    except DamagedInputError:
+        print()  # end the prompt's line; the error line goes to stderr
+        raise
 
 
 def chat(session: ChatSession, debug: bool = False) -> None:
-    """The read-reply loop until an empty line or end of input."""
+    """The read-reply loop until an empty line, end of input or Ctrl-C."""
     user, assistant = session.roles
+    line_number = 0
     while True:
+        line_number += 1
         try:
-            text = input(f"{user}: ")
-        except EOFError:
+            text = read_line(f"{user}: ", line_number)
+        except KeyboardInterrupt:
             print()
             return
-        if not text.strip():
+        if text is None or not text.strip():
             return
         print(f"{assistant}: ", end="", flush=True)
-        reply = session.ask(text)
+        try:
+            reply = session.ask(text)
+        except KeyboardInterrupt:  # Ctrl-C while the reply streams ends the session, as at the prompt
+            print()
+            return
+        except Exception:
+            print()  # the error line goes to stderr; end the half-written assistant line first
+            raise
         if session.streamer is None:
             print(reply)
         if debug:
@@ -171,35 +206,33 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="conversation template (default: the config's conv_template, else vicuna_v1)")
     parser.add_argument("--temperature", type=float, default=0.2, help="0 = greedy")
     parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
     parser.add_argument("--load-8bit", action="store_true", help="8-bit weights (CUDA + bitsandbytes)")
     parser.add_argument("--load-4bit", action="store_true", help="4-bit weights (CUDA + bitsandbytes)")
-    parser.add_argument("--attn-implementation", default="sdpa", help="eager, sdpa or flash_attention_2")
+    parser.add_argument("--attn-implementation", default="sdpa", choices=("eager", "sdpa", "flash_attention_2"),
+                        help="attention backend (default: %(default)s)")
     parser.add_argument("--debug", action="store_true", help="print each prompt and reply; show tracebacks")
     return parser.parse_args(argv)
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Reject bad option values before anything is loaded."""
-    if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}.")
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    """Reject bad option values before anything is loaded (the checks `run_llava` makes too); UsageError."""
+    check_generation_options(args.temperature, args.max_new_tokens)
+    args.device = check_device(args.device)
+    check_conv_mode(args.conv_mode)
     if args.load_8bit and args.load_4bit:
-        raise ValueError("Pass at most one of --load-8bit and --load-4bit.")
-    if args.conv_mode is not None:
-        get_conv_template(args.conv_mode)  # unknown names: ValueError listing the known ones
+        raise UsageError("Pass at most one of --load-8bit and --load-4bit.")
 
 
 def start_session(args: argparse.Namespace) -> ChatSession:
     """Load the images and the model, pick the template, and open a streaming session."""
     images = load_images(args.image_file) if args.image_file else []
-    tokenizer, model, image_processor, context_len = load_pretrained_model(
-        args.model_path, args.model_base, None, load_8bit=args.load_8bit, load_4bit=args.load_4bit,
-        device=args.device, attn_implementation=args.attn_implementation,
+    tokenizer, model, image_processor, context_len = load_model(
+        args.model_path, args.model_base, device=args.device, attn_implementation=args.attn_implementation,
+        load_8bit=args.load_8bit, load_4bit=args.load_4bit,
     )
     if images and image_processor is None:
-        raise ValueError(f"{args.model_path} has no vision tower; run it without --image-file.")
+        raise UsageError(f"--model-path {args.model_path} has no vision tower; run it without --image-file.")
     if args.conv_mode:
         logger.info("Conversation template: %s (from --conv-mode)", args.conv_mode)
     conv_mode = args.conv_mode or default_conv_mode(model.config, tokenizer)
@@ -209,21 +242,13 @@ def start_session(args: argparse.Namespace) -> ChatSession:
 
 
 def main(argv=None) -> int:
+    """The chat; problems the user can fix raise `llava.errors.UserError` (run it through `run_main`)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        check_args(args)
-        chat(start_session(args), debug=args.debug)
-    except KeyboardInterrupt:
-        print()
-        return 0
-    except (ValueError, OSError, ImportError) as error:
-        if args.debug:
-            raise
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 1
+    check_args(args)
+    chat(start_session(args), debug=args.debug)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -1,13 +1,22 @@
-"""`python -m llava.tiny [--out DIR]`: build the tiny offline assets (see `llava.tiny.build`)."""
+"""`python -m llava.tiny [--out DIR]`: build the tiny offline assets (see `llava.tiny.build`).
+
+A bad option (an `--out` that is a file, a negative seed or step count) is one `error: ...` line on
+stderr and exit status 2; a folder that cannot be written, status 1 (`llava.errors.run_main`);
+`--debug` shows the traceback.
+"""
 
 import argparse
 import logging
+import os
+import sys
+
+from llava.errors import UsageError, run_main
 
 from .build import DEFAULT_LLM_TEXT_STEPS, DEFAULT_TINY_DIR, build_tiny_assets
 from .models import TINY_FAMILY_OVERRIDES
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Build the tiny offline dataset, tokenizer and models.")
     parser.add_argument("--out", default=str(DEFAULT_TINY_DIR), help="folder for the assets (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
@@ -17,14 +26,28 @@ def main(argv=None) -> None:
     parser.add_argument("--family", default="llama", choices=sorted(TINY_FAMILY_OVERRIDES),
                         help="also build the tiny LLM in this decoder family, tiny-<family> (default: %(default)s, "
                              "the tiny Vicuna every run uses)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     if args.llm_text_steps < 0:
-        parser.error("--llm-text-steps must be >= 0")
+        raise UsageError(f"--llm-text-steps must be >= 0 (0 keeps the tiny LLM random), got {args.llm_text_steps}.")
+    if not 0 <= args.seed < 2**32:
+        raise UsageError(f"--seed must be in [0, 2**32), got {args.seed}.")
+    out = os.path.expanduser(args.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {args.out} is a file; give a folder for the assets (new, or built before).")
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):  # the nearest folder that exists must be one we can create folders in
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"--out {args.out}: {parent} is a file, so the folder cannot be created; choose another path.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {args.out}: {parent} is not writable; choose a folder you can write to.")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    assets = build_tiny_assets(args.out, seed=args.seed, llm_text_steps=args.llm_text_steps, family=args.family)
+    assets = build_tiny_assets(out, seed=args.seed, llm_text_steps=args.llm_text_steps, family=args.family)
     print(f"Tiny assets in {assets.root}: data {assets.data}, LLM {assets.family_llm(args.family)}, "
           f"LLaVA {assets.llava}, ProxyV {assets.llava_proxyv}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

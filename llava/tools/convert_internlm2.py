@@ -42,7 +42,8 @@ tokenize exactly as InternLM2's does.
 Exit status: 0 done; 2 a usage problem (missing option, --src not a folder, --dst not empty without
 --force); 1 a checkpoint it cannot convert (not model_type internlm2, missing or unexpected weights,
 wrong shapes, unsupported config values). Problems are one `error: ...` line on stderr; --debug
-shows the traceback instead.
+shows the traceback instead. The two kinds are the project's `llava.errors.UsageError` and
+`DamagedInputError` (as `CheckpointError`), printed by `llava.errors.run_main` like every entry point's.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from llava.errors import DamagedInputError, UsageError, run_main
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +93,11 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
 IGNORED_TENSOR_SUFFIX = ".rotary_emb.inv_freq"  # a buffer some old saves include; recomputed from config
 
 
-class UsageError(Exception):
-    """The command line is wrong (exit 2)."""
+__all__ = ["CheckpointError", "UsageError", "convert", "main"]
 
 
-class CheckpointError(Exception):
-    """The source checkpoint cannot be converted (exit 1)."""
+class CheckpointError(DamagedInputError):
+    """The source checkpoint cannot be converted (exit 1); `UsageError` (exit 2): the command line is wrong."""
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,8 @@ def read_config(src: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{src} has no config.json; point --src at an InternLM2 checkpoint folder.")
     try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: JSON syntax, or bytes that are not UTF-8
         raise CheckpointError(f"{path} cannot be read as JSON ({error}).") from error
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} is not a JSON object.")
@@ -428,6 +430,11 @@ def check_paths(src: Path, dst: Path, force: bool) -> None:
         raise UsageError(f"--dst {dst} is the --src folder; choose a new or empty folder.")
     if dst.is_dir() and any(dst.iterdir()) and not force:
         raise UsageError(f"--dst {dst} is not empty; choose a new or empty folder, or pass --force to write into it.")
+    parent = dst.absolute().parent
+    while not parent.exists():  # checked now, not after reading gigabytes of weights
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--dst {dst}: {parent} is a file, so the folder cannot be created; choose another path.")
 
 
 def convert(src: Path, dst: Path, dtype: str | None = None, force: bool = False,
@@ -474,18 +481,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    """The conversion; problems raise `UsageError` / `CheckpointError` (run it through `run_main`)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = None
-    try:
-        args = parse_args(argv)
-        convert(args.src, args.dst, args.dtype, args.force, tuple(args.ignore_config_key))
-    except (UsageError, CheckpointError, OSError) as error:
-        if args is not None and args.debug:
-            raise
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2 if isinstance(error, UsageError) else 1
+    args = parse_args(argv)
+    convert(args.src, args.dst, args.dtype, args.force, tuple(args.ignore_config_key))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -3,12 +3,30 @@
 Giving `--proxyv_start_layer N` alone turns ProxyV on (the authors' `--proxyv True` is accepted
 too); leaving both out trains the baseline. `--proxyv_variant` picks one of the paper's study
 variants from that layer instead (`--vision_mask_ratio` sets the layer for the masking study).
+
+Option values that cannot work are refused when the arguments are parsed (`__post_init__`), as
+`llava.errors.UsageError`s naming the flag, before anything is loaded: an unknown `--version`
+template or choice, malformed `--image_grid_pinpoints`, a `--deepspeed` file that is not there
+(`DamagedInputError` when it is not JSON), an `--output_dir` that is a file.
 """
 
+import json
+import os
+import re
 from dataclasses import dataclass, field
 
 import torch
 import transformers
+
+from llava.errors import DamagedInputError, UsageError, read_json_file, require_path
+
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
+NO_REDUCTION = (None, "", "none")
+
+
+def _check_choice(option: str, value, choices) -> None:
+    if value not in choices:
+        raise UsageError(f"{option} {value!r} is not one of: {', '.join(str(c) for c in choices)}.")
 
 
 @dataclass
@@ -51,32 +69,54 @@ class ModelArguments:
     )
     pyramid_drop_ratio: float = field(default=0.5, metadata={"help": "PyramidDrop: fraction of vision tokens kept per drop"})
 
+    def __post_init__(self):
+        from llava.model.language_model.llava_decoder import PATCH_MERGE_TYPES
+        from llava.model.proxyv.variants import PROXYV_VARIANTS
+        from llava.model.reduction.visionzip import VISION_TOKEN_REDUCTIONS
+        from llava.train.check_data import check_template
+
+        check_template(self.version)
+        _check_choice("--attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        _check_choice("--proxyv_variant", self.proxyv_variant, PROXYV_VARIANTS)
+        _check_choice("--mm_patch_merge_type", self.mm_patch_merge_type, PATCH_MERGE_TYPES)
+        if self.vision_token_reduction not in NO_REDUCTION:
+            _check_choice("--vision_token_reduction", self.vision_token_reduction, (*VISION_TOKEN_REDUCTIONS, "none"))
+        projector = self.mm_projector_type
+        match = re.fullmatch(r"mlp(\d+)x_gelu", projector or "")
+        if projector not in ("linear", "identity") and not (match and int(match.group(1)) >= 1):
+            raise UsageError(f"--mm_projector_type {projector!r} is not a projector; use linear, identity or "
+                             "mlpNx_gelu (e.g. mlp2x_gelu).")
+        if self.vision_mask_ratio is not None and not 0 <= self.vision_mask_ratio <= 1:
+            raise UsageError(f"--vision_mask_ratio must be in [0, 1], got {self.vision_mask_ratio}.")
+        if self.proxyv_start_layer is not None and self.proxyv_start_layer < 0:
+            raise UsageError(f"--proxyv_start_layer must be >= 0, got {self.proxyv_start_layer}.")
+
     def token_reduction_options(self) -> dict:
         """The VisionZip / PyramidDrop config fields these flags ask for (validated by the config);
         empty for a reduction that is not asked for, so a checkpoint's own setting stays."""
         options = {}
-        if self.vision_token_reduction in (None, "", "none") and (self.visionzip_dominant, self.visionzip_contextual) != (
+        if self.vision_token_reduction in NO_REDUCTION and (self.visionzip_dominant, self.visionzip_contextual) != (
                 360, 40):
-            raise ValueError("--visionzip_dominant/--visionzip_contextual need --vision_token_reduction visionzip.")
-        if self.pyramid_drop_layers in (None, "", "none") and self.pyramid_drop_ratio != 0.5:
-            raise ValueError("--pyramid_drop_ratio needs --pyramid_drop_layers (e.g. 12,20,26).")
-        if self.vision_token_reduction not in (None, "", "none"):
+            raise UsageError("--visionzip_dominant/--visionzip_contextual need --vision_token_reduction visionzip.")
+        if self.pyramid_drop_layers in NO_REDUCTION and self.pyramid_drop_ratio != 0.5:
+            raise UsageError("--pyramid_drop_ratio needs --pyramid_drop_layers (e.g. 12,20,26).")
+        if self.vision_token_reduction not in NO_REDUCTION:
             options.update(vision_token_reduction=self.vision_token_reduction, visionzip_dominant=self.visionzip_dominant,
                            visionzip_contextual=self.visionzip_contextual)
-        if self.pyramid_drop_layers not in (None, "", "none"):
+        if self.pyramid_drop_layers not in NO_REDUCTION:
             try:
                 layers = [int(part) for part in self.pyramid_drop_layers.split(",")]
             except ValueError as error:
-                raise ValueError(f"--pyramid_drop_layers must be comma-separated integers, got "
+                raise UsageError(f"--pyramid_drop_layers must be comma-separated integers, got "
                                  f"'{self.pyramid_drop_layers}'.") from error
             options.update(pyramid_drop_layers=layers, pyramid_drop_ratio=self.pyramid_drop_ratio)
         return options
 
     def proxyv_enabled(self) -> bool:
         if self.proxyv is False and self.proxyv_start_layer is not None:
-            raise ValueError("--proxyv False contradicts --proxyv_start_layer; drop one of them.")
+            raise UsageError("--proxyv False contradicts --proxyv_start_layer; drop one of them.")
         if self.proxyv is False and (self.proxyv_variant != "proxyv" or self.vision_mask_ratio is not None):
-            raise ValueError("--proxyv False contradicts --proxyv_variant / --vision_mask_ratio; drop one of them.")
+            raise UsageError("--proxyv False contradicts --proxyv_variant / --vision_mask_ratio; drop one of them.")
         return (bool(self.proxyv) or self.proxyv_start_layer is not None or self.proxyv_variant != "proxyv"
                 or self.vision_mask_ratio is not None)
 
@@ -88,7 +128,15 @@ class DataArguments:
     lazy_preprocess: bool = field(default=True, metadata={"help": "accepted for LLaVA compatibility; always lazy"})
     is_multimodal: bool = True
     image_aspect_ratio: str = "anyres"
-    image_grid_pinpoints: str | None = None
+    image_grid_pinpoints: str | None = field(
+        default=None, metadata={"help": "AnyRes grids: [[336,672],[672,336],...] or (1x1),...,(3x3)"})
+
+    def __post_init__(self):
+        from llava.model.language_model.llava_decoder import IMAGE_ASPECT_RATIOS
+        from llava.train.check_data import parse_grid_pinpoints_option
+
+        _check_choice("--image_aspect_ratio", self.image_aspect_ratio, IMAGE_ASPECT_RATIOS)
+        self.image_grid_pinpoints = parse_grid_pinpoints_option(self.image_grid_pinpoints)
 
 
 @dataclass
@@ -108,20 +156,50 @@ class TrainingArguments(transformers.TrainingArguments):
     def __post_init__(self):
         if self.warmup_ratio is not None:
             if not 0 <= self.warmup_ratio < 1:
-                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+                raise UsageError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
             self.warmup_steps = self.warmup_ratio
+        for option in ("model_max_length", "per_device_train_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, option) < 1:
+                raise UsageError(f"--{option} must be at least 1, got {getattr(self, option)}.")
+        if not self.learning_rate >= 0 or self.learning_rate == float("inf"):
+            raise UsageError(f"--learning_rate must be a number >= 0, got {self.learning_rate}.")
+        if self.max_steps <= 0 and not self.num_train_epochs > 0:
+            raise UsageError(f"--num_train_epochs must be > 0 (or give --max_steps), got {self.num_train_epochs}.")
+        if not 0 <= self.max_bad_sample_fraction <= 1:
+            raise UsageError(f"--max_bad_sample_fraction must be in [0, 1], got {self.max_bad_sample_fraction}.")
+        if self.output_dir and os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
+            raise UsageError(f"--output_dir {self.output_dir} is a file; give a folder (new or to resume in).")
+        self._check_deepspeed_config()
         self._check_precision_without_cuda()
         super().__post_init__()
+
+    def _check_deepspeed_config(self) -> None:
+        """`--deepspeed` names a JSON file (or is inline JSON); checked before transformers reads it."""
+        config = self.deepspeed
+        if not isinstance(config, str) or not config:
+            return
+        if config.lstrip().startswith("{"):
+            try:
+                parsed = json.loads(config)
+            except json.JSONDecodeError as error:
+                raise UsageError(f"--deepspeed: the inline JSON config is not valid JSON ({error.msg} at column "
+                                 f"{error.colno}).") from error
+        else:
+            path = require_path(config, "--deepspeed", "file")
+            parsed = read_json_file(path, "--deepspeed config")
+        if not isinstance(parsed, dict):
+            raise DamagedInputError(f"--deepspeed config {config} holds a JSON {type(parsed).__name__}, not an "
+                                    "object of DeepSpeed settings (e.g. scripts/zero2.json).")
 
     def _check_precision_without_cuda(self) -> None:
         """fp16 and tf32 need a GPU; bf16 on CPU needs --use_cpu (one process, no DeepSpeed)."""
         if torch.cuda.is_available():
             return
         if self.fp16:
-            raise ValueError("--fp16 needs a CUDA GPU. On CPU train in float32 (no precision flag) or in "
+            raise UsageError("--fp16 needs a CUDA GPU. On CPU train in float32 (no precision flag) or in "
                              "bfloat16 with --bf16 True --use_cpu True.")
         if self.tf32:
-            raise ValueError("--tf32 is a CUDA (Ampere+) setting; drop it on CPU.")
+            raise UsageError("--tf32 is a CUDA (Ampere+) setting; drop it on CPU.")
         if self.bf16 and not self.use_cpu:
-            raise ValueError("--bf16 on a machine without CUDA needs --use_cpu True (one process, without "
+            raise UsageError("--bf16 on a machine without CUDA needs --use_cpu True (one process, without "
                              "--deepspeed); or drop --bf16 to train in float32.")

@@ -5,8 +5,12 @@ records are affected and which ids (JSON syntax errors by file and line). With
 `--model_name_or_path` (for its tokenizer) it also finds records whose supervised part would be
 truncated away at `--model_max_length`. The checks are `llava.train.record_checks`, the same the
 training dataset applies. Exit status: 0 when the share of unusable records is at most
-`--max_bad_sample_fraction` (the data is usable), 1 when it is higher, 2 when a path is wrong.
-`check_training_paths` is the same kind of early check for `train.py`'s path flags.
+`--max_bad_sample_fraction` (the data is usable); 1 when it is higher, or when the files hold no
+record at all (nothing to train on), or a file cannot be used; 2 when an option is wrong (a path that
+is not there, an unknown `--version`, malformed `--image_grid_pinpoints`), found before any record is
+read. Errors are one `error: ...` line on stderr (`llava.errors.run_main`; `--debug` for the traceback).
+`check_training_paths`, `check_template` and `parse_grid_pinpoints_option` are the same early checks
+for `train.py`'s flags.
 """
 
 from __future__ import annotations
@@ -15,13 +19,16 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from llava.mm_utils import get_anyres_image_grid_shape
+from llava.conversation import conv_templates
+from llava.errors import DamagedInputError, UsageError, require_path, run_main, short_reason
+from llava.mm_utils import get_anyres_image_grid_shape, parse_grid_pinpoints
 from llava.model.language_model.llava_decoder import DEFAULT_GRID_PINPOINTS
-from llava.train.data import read_records, tokens_kept
+from llava.train.data import data_files, read_records, tokens_kept
 from llava.train.record_checks import (
     NOTICE_KINDS,
     PROBLEM_KINDS,
@@ -111,9 +118,15 @@ def _check_budget(record: dict, budget: TokenBudget, image_folder: str, cache: d
 
 
 def check_data(data_path: str, image_folder: str | None, budget: TokenBudget | None = None) -> DataReport:
-    """Every record of the comma-separated files, checked; a record counts once, under its first problem."""
+    """Every record of the comma-separated files, checked; a record counts once, under its first problem.
+    A path that is not a file and an unknown template are UsageErrors, found before any record is read."""
     report, cache = DataReport(), {}
-    for path in [p.strip() for p in data_path.split(",") if p.strip()]:
+    paths = data_files(data_path)
+    for path in paths:
+        require_path(path, "--data_path", "file")
+    if budget is not None:
+        check_template(budget.template)
+    for path in paths:
         records, file_problems = read_records(path)
         for problem in file_problems:
             report.records += 1
@@ -134,13 +147,15 @@ def check_data(data_path: str, image_folder: str | None, budget: TokenBudget | N
     return report
 
 
-class TrainingSetupError(ValueError):
-    """A training flag that points nowhere usable; `train.py` prints it as one line."""
+class TrainingSetupError(UsageError):
+    """A training flag that points nowhere usable (exit status 2); printed as one line."""
 
 
 def _local_or_hub(path: str, flag: str) -> None:
     if os.path.exists(path):
-        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        if not os.path.isdir(path):
+            raise TrainingSetupError(f"{flag} {path} is a file; point it at a saved model folder (with config.json).")
+        if not os.path.isfile(os.path.join(path, "config.json")):
             raise TrainingSetupError(f"{flag} {path} has no config.json; point it at a saved model folder.")
     elif path.startswith(("/", ".", "~")) or path.count("/") != 1:
         raise TrainingSetupError(f"{flag} {path} does not exist (and is not a hub name like 'org/name'); fix the path.")
@@ -152,12 +167,57 @@ def check_training_paths(model_name_or_path: str, vision_tower: str | None, data
     _local_or_hub(model_name_or_path, "--model_name_or_path")
     if vision_tower:
         _local_or_hub(vision_tower, "--vision_tower")
-    for path in [p.strip() for p in data_path.split(",") if p.strip()] or [data_path]:
+    for path in data_files(data_path):
+        if not os.path.exists(path):
+            raise TrainingSetupError(f"--data_path {path} does not exist; give LLaVA .json / .jsonl files, "
+                                     "comma-separated.")
         if not os.path.isfile(path):
-            raise TrainingSetupError(f"--data_path {path} is not a file; give LLaVA .json / .jsonl files, comma-separated.")
-    if image_folder and not os.path.isdir(image_folder):
+            raise TrainingSetupError(f"--data_path {path} is not a file; give LLaVA .json / .jsonl files, "
+                                     "comma-separated.")
+    if image_folder:
+        check_image_folder(image_folder)
+
+
+def check_image_folder(image_folder: str) -> None:
+    if not os.path.exists(image_folder):
+        raise TrainingSetupError(f"--image_folder {image_folder} does not exist; give the folder the image paths "
+                                 "in the data are relative to.")
+    if not os.path.isdir(image_folder):
         raise TrainingSetupError(f"--image_folder {image_folder} is not a folder; give the folder the image paths "
                                  "in the data are relative to.")
+
+
+def check_template(version: str, option: str = "--version") -> None:
+    """An unknown conversation template is one bad option (UsageError), not a tokenization problem of
+    every record."""
+    if version not in conv_templates:
+        raise UsageError(f"{option} {version!r} is not a conversation template. Known: "
+                         f"{', '.join(sorted(conv_templates))} (python -m llava.conversation --model LLM prints "
+                         "the one for a model).")
+
+
+RANGE_FORM = re.compile(r"\s*\(\d+x\d+\)\s*,\s*\.\.\.\s*,\s*\(\d+x\d+\)\s*")
+PINPOINTS_FORMS = "a list of (width, height) pairs such as [[336,672],[672,336],[672,672]], or a grid range such as (1x1),...,(3x3)"
+
+
+def parse_grid_pinpoints_option(value: str | list | None, option: str = "--image_grid_pinpoints",
+                                patch_size: int = 336) -> str | list | None:
+    """`value` as the model config takes it: the list form parsed into lists, the range form kept as
+    text (the config expands it per tower). Malformed or empty: a UsageError naming `option` and the forms."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, str) and "x" in value and not RANGE_FORM.fullmatch(value):
+        raise UsageError(f"{option} {value!r} cannot be parsed; give {PINPOINTS_FORMS}.")
+    try:
+        resolutions = parse_grid_pinpoints(value, patch_size)
+    except ValueError as error:
+        raise UsageError(f"{option} {value!r} cannot be parsed; give {PINPOINTS_FORMS}.") from error
+    if not resolutions:
+        raise UsageError(f"{option} {value!r} names no grid (a range must go from the smaller grid to the larger); "
+                         f"give {PINPOINTS_FORMS}.")
+    if isinstance(value, str) and "x" in value:
+        return value
+    return [list(pair) for pair in resolutions]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -176,35 +236,72 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--crop_size", type=int, default=336, help="the vision tower's input side")
     parser.add_argument("--max_bad_sample_fraction", type=float, default=0.01)
     parser.add_argument("--report_json", default=None, help="also write the report here as JSON")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Every option checked before any record is read; UsageError naming the option."""
+    for option, value in (("--model_max_length", args.model_max_length), ("--image_tokens", args.image_tokens),
+                          ("--crop_size", args.crop_size)):
+        if value < 1:
+            raise UsageError(f"{option} must be at least 1, got {value}.")
+    if not 0 <= args.max_bad_sample_fraction <= 1:
+        raise UsageError(f"--max_bad_sample_fraction must be in [0, 1], got {args.max_bad_sample_fraction}.")
+    check_template(args.version)
+    args.image_grid_pinpoints = parse_grid_pinpoints_option(args.image_grid_pinpoints, patch_size=args.crop_size)
+    for path in data_files(args.data_path):
+        require_path(path, "--data_path", "file")
+    if args.image_folder:
+        check_image_folder(args.image_folder)
+    if args.report_json:
+        report = os.path.abspath(os.path.expanduser(args.report_json))
+        if os.path.isdir(report):
+            raise UsageError(f"--report_json {args.report_json} is a folder; give a file name for the JSON report.")
+        if not os.path.isdir(os.path.dirname(report)):
+            raise UsageError(f"--report_json {args.report_json}: the folder {os.path.dirname(report)} does not exist; "
+                             "create it or write the report elsewhere.")
+
+
+def load_tokenizer(model_name_or_path: str, option: str = "--model_name_or_path", **kwargs):
+    """The model's tokenizer (`AutoTokenizer.from_pretrained(model_name_or_path, **kwargs)`); a path
+    that is not a model (UsageError), or a model folder without a usable tokenizer (DamagedInputError),
+    is one error naming `option`."""
+    from transformers import AutoTokenizer
+
+    _local_or_hub(model_name_or_path, option)
+    try:
+        return AutoTokenizer.from_pretrained(model_name_or_path, **kwargs)
+    except (OSError, ValueError, TypeError) as error:
+        if os.path.isdir(model_name_or_path):
+            raise DamagedInputError(f"{option} {model_name_or_path}: its tokenizer cannot be loaded "
+                                    f"({short_reason(error, 160)}); restore the tokenizer files.") from error
+        raise UsageError(f"{option} {model_name_or_path} is not a local folder and its tokenizer cannot be fetched "
+                         f"({short_reason(error, 160)}); give a model folder.") from error
+
+
 def main(argv=None) -> int:
+    """The pre-flight; problems the user can fix raise `llava.errors.UserError` (see `run_main`)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    if args.image_folder and not os.path.isdir(args.image_folder):
-        print(f"--image_folder {args.image_folder} is not a folder; give the folder the image paths are relative to.")
-        return 2
+    check_options(args)
     budget = None
     if args.model_name_or_path:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+        tokenizer = load_tokenizer(args.model_name_or_path)
         pinpoints = None
         if args.image_aspect_ratio == "anyres":
             pinpoints = args.image_grid_pinpoints or [list(pair) for pair in DEFAULT_GRID_PINPOINTS]
         budget = TokenBudget(tokenizer, args.version, args.model_max_length, args.image_tokens, pinpoints,
                              args.crop_size)
-    try:
-        report = check_data(args.data_path, args.image_folder, budget)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"Cannot check the data: {error}")
-        return 2
+    report = check_data(args.data_path, args.image_folder, budget)
     print("\n".join(report.lines()))
     if args.report_json:
         with open(args.report_json, "w", encoding="utf-8") as handle:
             json.dump({"records": report.records, "problems": report.problems, "notices": report.notices}, handle,
                       indent=1)
+    if report.records == 0:
+        raise DamagedInputError(f"--data_path {args.data_path} holds no records: nothing to train on; give files "
+                                "with LLaVA records (a JSON list, or one JSON object per line in .jsonl).")
     usable = report.usable(args.max_bad_sample_fraction)
     print("The data is usable." if usable else
           f"The data is NOT usable: more than {args.max_bad_sample_fraction:g} of the records are bad; fix or drop them.")
@@ -212,4 +309,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

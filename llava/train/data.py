@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.errors import DamagedInputError, UsageError, require_path
 from llava.mm_utils import ImageTooLargeError, load_image, process_images
 from llava.train.record_checks import (
     BadRecord,
@@ -44,10 +45,10 @@ def read_records(path: str) -> tuple[list, list[FileProblem]]:
     """Records of one `.json` (a list) or `.jsonl` (one per line) file, and the lines that failed.
 
     Bytes that are not UTF-8 are kept as lone surrogates, so `check_record` reports the record
-    (`non_utf8_text`) instead of the whole file failing to decode.
+    (`non_utf8_text`) instead of the whole file failing to decode. A path that is not there or not a
+    file is a UsageError naming --data_path; a `.json` file that is not a list a DamagedInputError.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Data file not found: {path}; check --data_path.")
+    require_path(path, "--data_path", "file")
     with open(path, encoding="utf-8", errors="surrogateescape") as handle:
         if path.endswith(".jsonl"):
             records, problems = [], []
@@ -65,28 +66,41 @@ def read_records(path: str) -> tuple[list, list[FileProblem]]:
     except json.JSONDecodeError as error:
         return [], [FileProblem("json_syntax", f"{path}, line {error.lineno}", error.msg)]
     if not isinstance(loaded, list):
-        raise ValueError(f"{path} must hold a JSON list of records (or use .jsonl, one per line).")
+        raise DamagedInputError(f"data file {path} holds a JSON {type(loaded).__name__}, not a list of records; "
+                                "put the records in a JSON list (or use .jsonl, one record per line).")
     return loaded, []
+
+
+def data_files(data_path: str) -> list[str]:
+    """The comma-separated file names of `--data_path`; none at all is a UsageError."""
+    paths = [path.strip() for path in str(data_path).split(",") if path.strip()]
+    if not paths:
+        raise UsageError(f"--data_path {data_path!r} names no file; give LLaVA .json / .jsonl files, comma-separated.")
+    return paths
 
 
 def load_records(data_path: str, max_bad_fraction: float = 1.0) -> list:
     """Records from comma-separated `.json` / `.jsonl` files. A JSONL line that is not JSON is
-    skipped with a warning; a `.json` file that is not JSON cannot be used and raises."""
+    skipped with a warning; a `.json` file that is not JSON cannot be used and raises
+    (DamagedInputError), and so do files that hold no record at all: nothing to train on."""
     records, skipped_lines = [], 0
-    for path in [p.strip() for p in data_path.split(",") if p.strip()]:
+    for path in data_files(data_path):
         file_records, problems = read_records(path)
         for problem in problems:
             if not path.endswith(".jsonl"):
-                raise ValueError(f"{problem.where}: invalid JSON ({problem.message}); "
-                                 "run python -m llava.train.check_data to list every problem.")
+                raise DamagedInputError(f"{problem.where}: invalid JSON ({problem.message}); "
+                                        "run python -m llava.train.check_data to list every problem.")
             logger.warning("Skipping %s: invalid JSON (%s)", problem.where, problem.message)
         skipped_lines += len(problems)
         records.extend(file_records)
         logger.info("Read %s (%d records so far)", path, len(records))
     total = len(records) + skipped_lines
     if skipped_lines and skipped_lines > max_bad_fraction * total:
-        raise ValueError(f"{skipped_lines} of {total} data lines are not valid JSON, more than "
-                         f"--max_bad_sample_fraction {max_bad_fraction:g}; run python -m llava.train.check_data.")
+        raise DamagedInputError(f"{skipped_lines} of {total} data lines are not valid JSON, more than "
+                                f"--max_bad_sample_fraction {max_bad_fraction:g}; run python -m llava.train.check_data.")
+    if not records:
+        raise DamagedInputError(f"--data_path {data_path} holds no records: nothing to train on; give files with "
+                                "LLaVA records (a JSON list, or one JSON object per line in .jsonl).")
     return records
 
 

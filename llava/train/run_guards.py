@@ -12,6 +12,8 @@ from collections import Counter
 
 import torch
 
+from llava.errors import TrainingStopped
+
 logger = logging.getLogger(__name__)
 MAX_IDS_IN_SUMMARY = 20
 
@@ -38,14 +40,14 @@ class SkipTracker:
         self.epoch = 0
 
     def add(self, skipped: list, loss: torch.Tensor, step: int, epoch: int, batch_ids: list) -> None:
-        """Record this batch's skips and check the loss; raises RuntimeError to stop the run."""
+        """Record this batch's skips and check the loss; raises `TrainingStopped` to stop the run."""
         self.kinds.update(kind for _, kind in skipped)
         self.ids.extend(str(name) for name, _ in skipped)
         non_finite, skips = _sum_over_ranks([float(not torch.isfinite(loss.detach()).all()), len(skipped)],
                                             loss.device)
         if non_finite:
-            raise RuntimeError(
-                f"Loss is {loss.detach().float().item()} (NaN/inf on {int(non_finite)} process(es)) at step {step}; "
+            raise TrainingStopped(
+                f"training stopped: the loss is {loss.detach().float().item()} (NaN/inf on {int(non_finite)} process(es)) at step {step}; "
                 f"this process's batch holds records {batch_ids}. Check those records, lower the learning rate, "
                 "or use bf16 instead of fp16; resume from the last checkpoint once fixed."
             )
@@ -54,8 +56,8 @@ class SkipTracker:
         self.epoch_total += int(skips)
         self.run_total += int(skips)
         if self.epoch_total > self.max_fraction * self.dataset_size:
-            raise RuntimeError(
-                f"{self.epoch_total} of {self.dataset_size} records were skipped as unusable in epoch {epoch}, "
+            raise TrainingStopped(
+                f"training stopped: {self.epoch_total} of {self.dataset_size} records were skipped as unusable in epoch {epoch}, "
                 f"more than --max_bad_sample_fraction {self.max_fraction:g}. {self.summary()} "
                 "Run python -m llava.train.check_data on the data to list every problem."
             )

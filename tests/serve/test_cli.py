@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from llava.conversation import get_conv_template
+from llava.errors import run_main as run_entry_point
 from llava.model.builder import load_pretrained_model
 from llava.serve.cli import ChatSession, main, stopping_criteria
 from llava.serve.inference import default_conv_mode, load_images
@@ -52,9 +53,10 @@ def run_cli(args, stdin: str) -> subprocess.CompletedProcess:
 
 
 def run_main(args, stdin, monkeypatch, capsys):
-    """`main(args)` in-process with `stdin` as standard input: (exit code, stdout, stderr)."""
+    """`main(args)` in-process under the error policy (`llava.errors.run_main`, as `python -m` runs it)
+    with `stdin` as standard input: (exit code, stdout, stderr)."""
     monkeypatch.setattr(sys, "stdin", stdin if not isinstance(stdin, str) else io.StringIO(stdin))
-    code = main(args)
+    code = run_entry_point(main, args)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from llava.errors import run_main
 from llava.tools.convert_internlm2 import CheckpointError, Sizes, main, split_wqkv
 
 # 4 query heads over 2 key/value heads: group size 2, so the per-group packing of wqkv matters.
@@ -149,7 +150,7 @@ def internlm2_forward(weights: dict, config: dict, input_ids: torch.Tensor) -> t
 
 
 def convert(src, dst, *extra) -> int:
-    return main(["--src", str(src), "--dst", str(dst), *extra])
+    return run_main(main, ["--src", str(src), "--dst", str(dst), *extra])
 
 
 CASES = {
@@ -289,7 +290,7 @@ def test_ignore_config_key(tiny_src, tmp_path):
 
 @pytest.mark.parametrize("argv", [["--dst", "somewhere"], ["--src", "/no/such/folder", "--dst", "somewhere"]])
 def test_usage_errors(argv, capsys):
-    assert main(argv) == 2
+    assert run_main(main, argv) == 2
     line = only_error_line(capsys)
     assert "--src" in line
 

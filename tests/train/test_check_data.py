@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from llava.errors import TrainingStopped, run_main
 from llava.mm_utils import process_anyres_image
 from llava.model.language_model.llava_decoder import DEFAULT_GRID_PINPOINTS
 from llava.train.check_data import TokenBudget, check_data, main
@@ -59,8 +60,8 @@ def test_check_data_cli_exit_status(corpus, tmp_path, capsys):
     assert f"{corpus.broken_json_path}, line 2" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"broken.json, line 2: invalid JSON"):
         load_records(str(corpus.broken_json_path))
-    assert main(["--data_path", str(tmp_path / "absent.json")]) == 2
-    assert "check --data_path" in capsys.readouterr().out
+    assert run_main(main, ["--data_path", str(tmp_path / "absent.json")]) == 2
+    assert capsys.readouterr().err == f"error: --data_path {tmp_path / 'absent.json'} does not exist.\n"
 
 
 def _dataset(corpus, tokenizer, processor, records):
@@ -120,13 +121,13 @@ def test_unusual_modes_convert_like_a_plain_reference(corpus, tiny_tokenizer, pr
 def test_skip_tracker_stops_on_too_many_bad_records_and_on_non_finite_loss():
     tracker = SkipTracker(dataset_size=100, max_fraction=0.02)
     tracker.add([("a", "missing_image"), ("b", "role_order")], torch.tensor(1.0), step=1, epoch=0, batch_ids=["c"])
-    with pytest.raises(RuntimeError, match=r"3 of 100 records were skipped .* --max_bad_sample_fraction 0.02"):
+    with pytest.raises(TrainingStopped, match=r"3 of 100 records were skipped .* --max_bad_sample_fraction 0.02"):
         tracker.add([("d", "empty_turn")], torch.tensor(1.0), step=2, epoch=0, batch_ids=["e"])
     assert "missing_image: 1" in tracker.summary() and "a, b, d" in tracker.summary()
     # A new epoch starts its own count.
     tracker.add([("a", "missing_image")], torch.tensor(1.0), step=3, epoch=1, batch_ids=["c"])
     for bad in (float("nan"), float("inf")):
-        with pytest.raises(RuntimeError, match=r"at step 7; this process's batch holds records \['x', 'y'\]"):
+        with pytest.raises(TrainingStopped, match=r"at step 7; this process's batch holds records \['x', 'y'\]"):
             tracker.add([], torch.tensor(bad), step=7, epoch=1, batch_ids=["x", "y"])
     with pytest.raises(ValueError, match="max_bad_sample_fraction"):
         SkipTracker(10, 1.5)
