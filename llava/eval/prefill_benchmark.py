@@ -37,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import DynamicCache
 
 from llava.constants import IMAGE_TOKEN_INDEX
+from llava.errors import UsageError, UserError, one_line, run_main
 from llava.model import FAMILIES
 from llava.model.builder import resolve_dtype
 from llava.model.language_model.families import FamilyClasses
@@ -716,14 +717,28 @@ def run_benchmark(args) -> dict:
     return {"setting": setting(args, specs, dtype), "rows": rows}
 
 
+def _check_json_path(path: str | None) -> None:
+    """`--json` must name a file in an existing folder (checked before minutes of measuring)."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise UsageError(f"--json {path} is a folder; give a file name, e.g. {os.path.join(path, 'flops.json')}.")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"--json {path}: the folder {folder} does not exist; create it or pick another path.")
+
+
 def main(argv=None) -> int:
+    """The benchmark under the project's error policy (`llava.errors.run_main`)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
+    _check_json_path(args.json)
     try:
         prepare(args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except UserError:
+        raise
+    except ValueError as error:  # the configs' own checks of the options
+        raise UsageError(one_line(error)) from error
     result = run_benchmark(args)
     print(f"\nPrefill of {args.text_tokens} text tokens + {args.crops} crops "
           f"({result['setting']['sequence_length']} tokens), device {args.device}; LM head: {LM_HEAD_NOTE}.")
@@ -736,4 +751,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -6,6 +6,7 @@ import json
 import pytest
 from transformers import LlamaConfig
 
+from llava.errors import run_main
 from llava.eval.prefill_benchmark import build_variants, format_table, main
 from llava.eval.presets import LLM_PRESETS, TINY_PRESETS, load_model_spec, preset_spec
 from llava.model import FAMILIES, LlavaConfig, LlavaProxyVConfig
@@ -102,13 +103,17 @@ def test_start_layer_deeper_than_layers_is_rejected(capsys):
     assert "[3]" in error and "--layers 2" in error
 
 
-def test_unknown_model_and_flash_off_cuda_are_rejected(capsys):
-    assert main(["--model", "no-such-model"]) == 2
-    assert "neither a preset" in capsys.readouterr().err
-    assert main(["--model", "tiny", "--variants", "proxyv,no-such-variant"]) == 2
-    assert "Unknown variant(s) ['no-such-variant']" in capsys.readouterr().err
-    assert main(["--model", "tiny", "--attn-implementation", "flash_attention_2"]) == 2
-    assert "needs --device cuda" in capsys.readouterr().err
+@pytest.mark.parametrize(("argv", "culprit"), [
+    (["--model", "no-such-model"], "neither a preset"),
+    (["--model", "tiny", "--variants", "proxyv,no-such-variant"], "Unknown variant(s) ['no-such-variant']"),
+    (["--model", "tiny", "--attn-implementation", "flash_attention_2"], "needs --device cuda"),
+    (["--model", "tiny", "--json", "."], "--json . is a folder"),
+    (["--model", "tiny", "--json", "no/such/folder/out.json"], "does not exist"),
+], ids=["unknown-model", "unknown-variant", "flash-on-cpu", "json-is-a-folder", "json-folder-missing"])
+def test_bad_options_are_one_usage_line(argv, culprit, capsys):
+    assert run_main(main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and culprit in err and "Traceback" not in err, err
 
 
 # name: (family, hidden, intermediate, layers, heads, kv heads, head_dim, vocab, tied, rope theta, eps, max positions)
