@@ -68,7 +68,7 @@ def test_non_finite_loss_stops_the_run_naming_step_and_records(tiny_assets, tmp_
     args = _stage1(tiny_assets, tmp_path / "nan", "--max_steps", "4", "--learning_rate", "1e30")
     result = subprocess.run([sys.executable, TRAIN, *args], capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
-    match = re.search(r"Loss is (nan|inf|-inf) \(NaN/inf on 1 process\(es\)\) at step (\d+); this process's batch "
+    match = re.search(r"training stopped: the loss is (nan|inf|-inf) \(NaN/inf on 1 process\(es\)\) at step (\d+); this process's batch "
                       r"holds records \[([^\]]+)\]", result.stderr)
     assert match, result.stderr[-3000:]
     assert int(match.group(2)) >= 2 and len(match.group(3).split(",")) == 4
