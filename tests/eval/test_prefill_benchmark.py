@@ -98,7 +98,7 @@ def test_other_model_types_are_a_clear_error(tmp_path):
 
 
 def test_start_layer_deeper_than_layers_is_rejected(capsys):
-    assert main(["--model", "tiny", "--layers", "2", "--proxyv-start-layers", "1,3"]) == 2
+    assert run_main(main, ["--model", "tiny", "--layers", "2", "--proxyv-start-layers", "1,3"]) == 2
     error = capsys.readouterr().err
     assert "[3]" in error and "--layers 2" in error
 
