@@ -41,10 +41,7 @@ from llava.errors import UsageError, UserError, one_line, run_main
 from llava.model import FAMILIES
 from llava.model.builder import resolve_dtype
 from llava.model.language_model.families import FamilyClasses
-from llava.model.language_model.proxyv_decoder import ProxyVConfigFields
 from llava.model.layout import MultimodalLayout, build_multimodal_sequence
-from llava.model.proxyv.plan import build_proxyv_plan
-from llava.model.reduction.pyramid_drop import drop_schedule
 
 from .flops import analytic_prefill_flops
 from .presets import ModelSpec, load_model_spec
@@ -252,13 +249,6 @@ def _count(fn, *args, **kwargs):
     return output, counter.get_total_flops()
 
 
-def _to_device(record, device: str):
-    """A copy of a dataclass (layout, plan) with every tensor field moved to `device`."""
-    moved = {f.name: getattr(record, f.name).to(device) for f in dataclasses.fields(record)
-             if isinstance(getattr(record, f.name), torch.Tensor)}
-    return dataclasses.replace(record, **moved)
-
-
 def cpu_layout(config, input_ids: torch.Tensor, crops: int, tokens_per_crop: int) -> MultimodalLayout:
     """The package's layout of the prompt, built on CPU with 1-wide dummy embeddings.
 
@@ -283,18 +273,13 @@ def _decoder(model, hidden: torch.Tensor, layout_cpu: MultimodalLayout) -> torch
     the counter still counts the full T x T attention, as it does for any mask.
     """
     _static_rope_on_meta(model)
-    layout = _to_device(layout_cpu, "meta")
+    # What the decoder derives from index values (ProxyV's plan, PyramidDrop's schedule) is built on
+    # CPU, where those values exist, and travels to meta with the layout; the rest is the model's own forward.
+    model.model.derive_from_layout(layout_cpu, hidden.dtype)
+    layout = layout_cpu.to("meta")
     cache = DynamicCache(config=model.config)
-    extra = model.decoder_layout_kwargs(layout)
-    if isinstance(model.config, ProxyVConfigFields):
-        # The plan reads index values, so it is built on CPU and moved to meta; the rest is the model's own forward.
-        plan = build_proxyv_plan(layout_cpu, model.config.decoder_proxies_per_crop, hidden.dtype)
-        extra["proxyv_plan"] = _to_device(plan, "meta")
-    drop_layers = getattr(model.config, "pyramid_drop_layers", None)
-    if drop_layers:  # kept counts read token kinds, so the schedule is built on CPU too
-        extra["drop_schedule"] = drop_schedule(layout_cpu.token_kind, len(drop_layers), model.config.pyramid_drop_ratio)
     output = model.model(inputs_embeds=hidden, position_ids=layout.position_ids, past_key_values=cache,
-                         use_cache=True, **extra)
+                         use_cache=True, **model.decoder_layout_kwargs(layout))
     return output.last_hidden_state
 
 

@@ -12,7 +12,8 @@ among the sample's real tokens; under the `release` scheme (the authors' release
 newline of crop `c >= 1` of an image starting at `p0` sits at `p0 + 577*(c-1) + 576`.
 """
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 
 import torch
 from torch import nn
@@ -40,6 +41,27 @@ class MultimodalLayout:
     crop_image_start: torch.Tensor  # [N] position id of the first vision token of the crop's image
     tokens_per_crop: int  # g*g
     index_causal: bool  # True when position order equals sequence order on real tokens
+    # Structures a decoder derives from the index values above (ProxyV's plan, PyramidDrop's schedule),
+    # built once per layout by `derived`; not an init field, so every `replace` starts it afresh.
+    _derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def derived(self, key: tuple, build: Callable[["MultimodalLayout"], object]):
+        """`build(self)`, computed on the first call for `key` and reused afterwards.
+
+        Decoders read their index-derived structures through this, so a caller that must run the
+        decoder where index values do not exist (the FLOP counter on the meta device) builds them on
+        CPU first and moves the layout with `to`.
+        """
+        if key not in self._derived:
+            self._derived[key] = build(self)
+        return self._derived[key]
+
+    def to(self, device) -> "MultimodalLayout":
+        """A copy on `device`, with every derived structure moved along."""
+        moved = replace(self, **_tensor_fields_to(self, device))
+        for key, value in self._derived.items():
+            moved._derived[key] = replace(value, **_tensor_fields_to(value, device)) if is_dataclass(value) else value
+        return moved
 
     @property
     def num_crops(self) -> int:
@@ -92,6 +114,12 @@ class MultimodalLayout:
             crop_index=per_crop(self.crop_index),
             crop_image_start=per_crop(self.crop_image_start),
         )
+
+
+def _tensor_fields_to(record, device) -> dict:
+    """{name: tensor moved to `device`} for every tensor init field of a dataclass `record`."""
+    return {f.name: getattr(record, f.name).to(device) for f in fields(record)
+            if f.init and isinstance(getattr(record, f.name), torch.Tensor)}
 
 
 def _image_block_positions(start: int, num_crops: int, tokens_per_crop: int, scheme: str) -> torch.Tensor:

@@ -269,6 +269,32 @@ def test_with_appended_text():
     assert grown.attention_mask is mask
 
 
+def test_derived_structures_are_built_once_and_travel_with_the_layout():
+    """A decoder's index-derived structure (ProxyV's plan) is built once per layout, moves with
+    `to(device)`, and is not carried into a changed layout (appended text, repeated samples)."""
+    from llava.model.proxyv.plan import build_proxyv_plan
+
+    embed, newline = make_embedding()
+    ids = torch.tensor([[1, IMAGE_TOKEN_INDEX, 5]])
+    _, _, layout = build_multimodal_sequence(ids, None, None, make_features([2]), embed, newline)
+    calls = []
+
+    def build(lay):
+        calls.append(lay)
+        return build_proxyv_plan(lay, 4, torch.float32)
+
+    plan = layout.derived(("plan", 4), build)
+    assert layout.derived(("plan", 4), build) is plan and calls == [layout]
+    on_meta = layout.to("meta")
+    meta_plan = on_meta.derived(("plan", 4), build)
+    assert len(calls) == 1 and meta_plan.full_token.is_meta and on_meta.position_ids.is_meta
+    assert meta_plan.num_light_slots == plan.num_light_slots and meta_plan.attention_mask.shape == plan.attention_mask.shape
+    grown = layout.with_appended_text(1, torch.ones(1, layout.token_kind.shape[1] + 1, dtype=torch.long))
+    assert grown.derived(("plan", 4), build).attention_mask.shape[-1] == plan.attention_mask.shape[-1] + 1
+    assert layout.repeat_interleave(2).derived(("plan", 4), build).full_token.shape[0] == 2 * plan.full_token.shape[0]
+    assert len(calls) == 3
+
+
 @pytest.mark.parametrize("scheme", ["natural", "release"])
 def test_positions_after_a_final_multi_crop_image(scheme):
     """Text after an image continues at p0 + (g*g+1)*C under both schemes, even when nothing

@@ -102,6 +102,13 @@ class LlavaDecoderModel(LlavaMetaModel):
         self.init_multimodal_modules(config)
         self.post_init()
 
+    def derive_from_layout(self, layout: MultimodalLayout, dtype: torch.dtype) -> None:
+        """Build, and cache on `layout`, what the forward derives from its index values: nothing here.
+
+        Variant decoders override this and read the same cache in their forward, so the FLOP counter
+        can build these structures on CPU and then run the forward on the meta device.
+        """
+
 
 class LlavaCausalLM(LlavaMetaForCausalLM):
     """The baseline LLaVA-NeXT causal LM: images in, text out (mixed in front of a family's

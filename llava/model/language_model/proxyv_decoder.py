@@ -12,6 +12,7 @@ combines these mixins with each family's classes.
 import math
 from dataclasses import dataclass, fields
 
+import torch
 from torch import nn
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
@@ -165,13 +166,8 @@ class ProxyVDecoderModel:
             nn.init.normal_(module.proxyv_tokens, std=1 / math.sqrt(module.proxyv_tokens.shape[-1]))
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, multimodal_layout: MultimodalLayout | None = None,
-                proxyv_plan: ProxyVPlan | None = None, **kwargs):
-        """ProxyV prefill when the batch has image crops and ProxyV layers; else the plain decoder.
-
-        `proxyv_plan` is normally built here from the layout; a caller that cannot build it on the
-        inputs' device (the FLOP counter on meta, where index values do not exist) passes it in.
-        """
+                inputs_embeds=None, use_cache=None, multimodal_layout: MultimodalLayout | None = None, **kwargs):
+        """ProxyV prefill when the batch has image crops and ProxyV layers; else the plain decoder."""
         start = self.config.proxyv_start_layer
         has_crops = multimodal_layout is not None and multimodal_layout.num_crops > 0
         # A text-only training batch also takes the ProxyV path (with no crops, so no full tokens and no
@@ -192,11 +188,18 @@ class ProxyVDecoderModel:
             hidden = self._vision_masked_layers(hidden, multimodal_layout, past_key_values, use_cache, **kwargs)
             return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden),
                                            past_key_values=past_key_values if use_cache else None)
-        if proxyv_plan is None:
-            proxyv_plan = build_proxyv_plan(multimodal_layout, self.config.decoder_proxies_per_crop, hidden.dtype)
-        hidden = self._proxyv_layers(hidden, proxyv_plan, past_key_values)
+        hidden = self._proxyv_layers(hidden, self._proxyv_plan(multimodal_layout, hidden.dtype), past_key_values)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden),
                                        past_key_values=past_key_values if use_cache else None)
+
+    def _proxyv_plan(self, layout: MultimodalLayout, dtype: torch.dtype) -> ProxyVPlan:
+        """The plan of `layout` for this decoder's proxies per crop, built once per layout."""
+        num_proxies = self.config.decoder_proxies_per_crop
+        return layout.derived(("proxyv_plan", num_proxies, dtype), lambda lay: build_proxyv_plan(lay, num_proxies, dtype))
+
+    def derive_from_layout(self, layout: MultimodalLayout, dtype: torch.dtype) -> None:
+        if decoder_variant(self.config.proxyv_variant).two_stream_layers:
+            self._proxyv_plan(layout, dtype)
 
     def _standard_layers(self, hidden, attention_mask, position_ids, past_key_values, use_cache, **kwargs):
         """Layers 0 .. s-1 over the natural sequence, exactly as the baseline runs them."""

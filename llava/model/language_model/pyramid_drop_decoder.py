@@ -40,9 +40,9 @@ class PyramidDropDecoderModel:
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, use_cache=None, multimodal_layout: MultimodalLayout | None = None,
-                instruction_index: torch.Tensor | None = None, drop_schedule: DropSchedule | None = None, **kwargs):
+                instruction_index: torch.Tensor | None = None, **kwargs):
         """Staged prefill when the batch has image crops; a decoding step over a `PyramidDropCache`;
-        else the plain decoder. `drop_schedule` may be prebuilt on CPU (FLOP counting on meta)."""
+        else the plain decoder."""
         if inputs_embeds is None and input_ids is not None:
             inputs_embeds = self.embed_tokens(input_ids)
         if multimodal_layout is None and isinstance(past_key_values, PyramidDropCache):
@@ -54,15 +54,23 @@ class PyramidDropDecoderModel:
         cache = PyramidDropCache(config=self.config) if use_cache else None
         if instruction_index is None:
             instruction_index = find_instruction_index(multimodal_layout.attention_mask, None, IGNORE_INDEX)
-        hidden = self._staged_prefill(inputs_embeds, multimodal_layout, instruction_index, drop_schedule, cache)
+        hidden = self._staged_prefill(inputs_embeds, multimodal_layout, instruction_index, cache)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), past_key_values=cache)
 
-    def _staged_prefill(self, hidden, layout, query_index, schedule, cache):
+    def _drop_schedule(self, layout: MultimodalLayout) -> DropSchedule:
+        """Kept counts and stage lengths of `layout`, built once per layout."""
+        num_drops, ratio = len(self.config.pyramid_drop_layers), self.config.pyramid_drop_ratio
+        return layout.derived(("pyramid_drop_schedule", num_drops, ratio),
+                              lambda lay: drop_schedule(lay.token_kind, num_drops, ratio))
+
+    def derive_from_layout(self, layout: MultimodalLayout, dtype: torch.dtype) -> None:
+        self._drop_schedule(layout)
+
+    def _staged_prefill(self, hidden, layout, query_index, cache):
         """[B, T, D] -> [B, T, D]: dropped tokens keep the state they had when they left."""
         config = self.config
         drops = list(config.pyramid_drop_layers)
-        if schedule is None:
-            schedule = drop_schedule(layout.token_kind, len(drops), config.pyramid_drop_ratio)
+        schedule = self._drop_schedule(layout)
         batch, seq_len = layout.token_kind.shape
         state = StageState(index=torch.arange(seq_len, device=hidden.device).expand(batch, -1),
                            valid=layout.attention_mask.bool(), is_vision=layout.token_kind == TOKEN_VISION,
