@@ -24,7 +24,18 @@ else
   GRID_PINPOINTS=${GRID_PINPOINTS:-}  # empty: LLaVA-1.6's grids (base + up to 2x2 tiles = 5 crops)
 fi
 if [ -n "${GRID_PINPOINTS}" ]; then PINPOINT_ARGS=(--image_grid_pinpoints "${GRID_PINPOINTS}"); else PINPOINT_ARGS=(); fi
-RUN_NAME=${RUN_NAME:-$(basename "${LLM_VERSION}")-${RUN_KIND}-finetune}
+# LORA=True (README, "LoRA fine-tuning"): the language model trains through LoRA adapters (LORA_R,
+# LORA_ALPHA; LLaVA's finetune_lora.sh uses 128 / 256 at learning rate 2e-4, projector 2e-5), the
+# projector and ProxyV's modules fully. The output folder ends in -lora and holds the adapter.
+LORA_ARGS=(); LORA_SUFFIX=
+if [ "${LORA:-False}" = "True" ]; then
+  if [ "${TINY}" = 1 ]; then LORA_DEFAULTS=(8 16 "${LR}" "${LR}"); else LORA_DEFAULTS=(128 256 2e-4 2e-5); fi
+  LR=${LORA_LR:-${LORA_DEFAULTS[2]}}
+  LORA_ARGS=(--lora_enable True --lora_r "${LORA_R:-${LORA_DEFAULTS[0]}}" --lora_alpha "${LORA_ALPHA:-${LORA_DEFAULTS[1]}}"
+             --mm_projector_lr "${MM_PROJECTOR_LR:-${LORA_DEFAULTS[3]}}")
+  LORA_SUFFIX=-lora
+fi
+RUN_NAME=${RUN_NAME:-$(basename "${LLM_VERSION}")-${RUN_KIND}-finetune${LORA_SUFFIX}}
 resolve_prompt_version
 
 launch \
@@ -40,4 +51,4 @@ launch \
   --learning_rate "${LR}" --weight_decay 0. --warmup_ratio 0.03 --lr_scheduler_type cosine \
   --logging_steps 1 --save_strategy steps --save_steps 1000 --save_total_limit 2 \
   --model_max_length "${MAX_LEN}" \
-  --dataloader_num_workers "${WORKERS}" --lazy_preprocess True "$@"
+  --dataloader_num_workers "${WORKERS}" --lazy_preprocess True "${LORA_ARGS[@]}" "$@"

@@ -35,12 +35,14 @@ def build_llava_from_llm(
     proxyv_start_layer: int | None = None,
     dtype: torch.dtype = torch.float32,
     attn_implementation: str = "sdpa",
+    load_options: dict | None = None,
     **options,
 ):
     """LLaVA model = pretrained LLM + pretrained CLIP tower + fresh multimodal modules.
 
     Loading goes through `from_pretrained`, so under DeepSpeed ZeRO-3 (HF's deepspeed config
     active) the model is created partitioned and the tower weights are copied in gathered.
+    `load_options` go to `from_pretrained` too (QLoRA's `quantization_config`).
     """
     config = llava_config_from_llm(AutoConfig.from_pretrained(llm_path), vision_tower, proxyv_start_layer, **options)
     model_class = causal_lm_class_for_config(config)  # baseline, ProxyV or PyramidDrop, as the config says
@@ -48,7 +50,8 @@ def build_llava_from_llm(
     hf_logging.set_verbosity_error()  # its load report lists the multimodal weights as missing: expected here
     try:
         model, info = model_class.from_pretrained(
-            llm_path, config=config, dtype=dtype, attn_implementation=attn_implementation, output_loading_info=True
+            llm_path, config=config, dtype=dtype, attn_implementation=attn_implementation, output_loading_info=True,
+            **(load_options or {}),
         )
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -82,7 +82,8 @@ class FusedQKVProjection(SeparateProjections):
     Each stream gets only the rows it needs: the queries rows for the query stream, the key (and
     value) rows for the key stream, by slicing the weight. Under DeepSpeed ZeRO-3 the weight is a
     shard outside the module's own call, so there the module is called (which gathers it) and the
-    unused part of its output is dropped, as the authors' release always does.
+    unused part of its output is dropped, as the authors' release always does; so is a wrapped
+    `qkv_proj` (LoRA, quantization).
     """
 
     def _rows(self, attn, part: str) -> slice:
@@ -93,7 +94,9 @@ class FusedQKVProjection(SeparateProjections):
 
     def _project(self, attn, states, part: str) -> torch.Tensor:
         rows, linear = self._rows(attn, part), attn.qkv_proj
-        if is_partitioned(linear.weight):
+        # Only a plain Linear may be sliced: a wrapped one (a LoRA adapter, a quantized layer) adds to or
+        # replaces its weight inside its own call, so it is called whole, as a ZeRO-3 shard is.
+        if type(linear) is not nn.Linear or is_partitioned(linear.weight):
             return linear(states)[..., rows]
         bias = linear.bias[rows] if linear.bias is not None else None
         return nn.functional.linear(states, linear.weight[rows], bias)

@@ -30,6 +30,14 @@ from llava.errors import (
 
 from .backends import mask_limits_flash
 from .checkpoint_names import TOWER_PREFIXES
+from .lora_weights import (
+    check_adapter_fits,
+    check_base_matches,
+    check_lora_folder,
+    is_lora_folder,
+    load_non_lora_trainables,
+    merge_lora_adapter,
+)
 from .model_registry import causal_lm_class_for_config, check_model_type, config_for_class
 from .projector_weights import load_mm_projector_weights
 
@@ -226,13 +234,15 @@ def check_checkpoint_files(model_path: str, model_base: str | None = None) -> No
     Local folders only (hub names are left to transformers): JSON files parse, the weights (those of
     `model_base` when given) are there, every shard an index names exists and every safetensors file
     is whole, a tokenizer is there (`model_base`'s when given) and, with `model_base`, the stage-1
-    `mm_projector.bin`. The checks read file headers only, not the weights.
+    `mm_projector.bin` or a LoRA folder's adapter files. The checks read file headers only.
     """
     path_is_local = _check_model_path(model_path)
     base_is_local = model_base is not None and _check_base_path(model_base)
     if path_is_local:
         _check_json_files(model_path)
-        if model_base is not None:
+        if is_lora_folder(model_path):
+            check_lora_folder(model_path, model_base)
+        elif model_base is not None:
             _check_projector_file(model_path)
     if base_is_local:
         _check_json_files(model_base)
@@ -259,7 +269,9 @@ def load_pretrained_model(
     """Load a LLaVA / ProxyV checkpoint. `model_name` is accepted for LLaVA compatibility only.
 
     model_base: for a stage-1 folder that holds only `mm_projector.bin` (plus config), the language
-    model to attach the projector to.
+    model to attach the projector to; for a LoRA folder (one with `adapter_config.json`), the model the
+    LoRA run started from (the language model, or a full LLaVA checkpoint), onto which the fully
+    trained weights and the merged adapter go.
     """
     kwargs.pop("multimodal", None)  # lmms-eval passes it; every model here is multimodal
     if kwargs.pop("use_flash_attention_2", False):  # older LLaVA / lmms-eval spelling
@@ -281,6 +293,9 @@ def load_pretrained_model(
     with _model_type_is_usage_error():
         model_class = causal_lm_class_for_config(config)
     config = config_for_class(config, model_class)
+    lora = os.path.isdir(model_path) and is_lora_folder(model_path)
+    if lora:
+        check_base_matches(config, model_path, model_base)
 
     # Shape mismatches are reported by `_finish_multimodal_weights` in one line, not by a RuntimeError.
     load_kwargs = {"dtype": dtype, "attn_implementation": attn, "ignore_mismatched_sizes": True, **kwargs}
@@ -296,12 +311,17 @@ def load_pretrained_model(
     except SafetensorError as error:  # a file whose header is whole but whose tensors are not
         raise DamagedInputError(f"the weights in {weights_path} cannot be read ({one_line(error)[:200]}); restore "
                                 "them (or save the model again).") from error
-    _finish_multimodal_weights(model, info, model_path, model_base)
+    _finish_multimodal_weights(model, info, model_path, model_base, lora)
+    if lora:
+        check_adapter_fits(model, model_path, model_base)
+        model = merge_lora_adapter(model, model_path)
     if not (load_8bit or load_4bit):
         model.to(device)
     model.eval()
 
-    tokenizer = AutoTokenizer.from_pretrained(model_base or model_path)
+    # A LoRA run saves its tokenizer with the adapter; a stage-1 folder has none of its own.
+    own_tokenizer = lora and _has_any(model_path, TOKENIZER_FILES)
+    tokenizer = AutoTokenizer.from_pretrained(model_path if own_tokenizer else (model_base or model_path))
     image_processor = load_image_processor(model_path, config) if model.get_vision_tower() is not None else None
     context_len = getattr(config, "tokenizer_model_max_length", None) or getattr(config, "max_position_embeddings", 2048)
     logger.info("Loaded %s from %s (%s, %s, attention %s)", model_class.__name__, model_path, device, dtype, attn)
@@ -340,8 +360,9 @@ def _without_load_report():
         transformers_logger.removeFilter(report_filter)
 
 
-def _finish_multimodal_weights(model, info: dict, model_path: str, model_base: str | None) -> None:
-    """Fill in what the weights file did not carry: a stage-1 projector file, the tower's own weights."""
+def _finish_multimodal_weights(model, info: dict, model_path: str, model_base: str | None, lora: bool) -> None:
+    """Fill in what the weights file did not carry: a stage-1 projector file or a LoRA run's fully
+    trained weights, the tower's own weights."""
     mismatched = sorted(info.get("mismatched_keys", []))
     if mismatched:
         name, stored, expected = mismatched[0]
@@ -351,7 +372,9 @@ def _finish_multimodal_weights(model, info: dict, model_path: str, model_base: s
             "weights and config.json come from different models; put the checkpoint's own config.json back."
         )
     missing = set(info.get("missing_keys", []))
-    if model_base is not None:
+    if lora:
+        missing -= load_non_lora_trainables(model, model_path)
+    elif model_base is not None:
         projector_file = os.path.join(model_path, PROJECTOR_FILE)
         if not os.path.isfile(projector_file):
             raise UsageError(f"model_base was given but {projector_file} does not exist; point --model-path at the "

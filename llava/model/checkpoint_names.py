@@ -16,8 +16,11 @@ from transformers.core_model_loading import WeightRenaming
 TOWER_PREFIXES = ("model.vision_tower.",)
 PROJECTOR_PREFIXES = ("model.mm_projector.", "model.image_newline")
 PROXYV_MODULE_PREFIXES = ("model.vision_mlp_layers.", "model.proxyv_initializer.")
-LANGUAGE_MODEL_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
+DECODER_LAYERS_PREFIX = "model.layers."
+LANGUAGE_MODEL_PREFIXES = ("model.embed_tokens.", DECODER_LAYERS_PREFIX, "model.norm.", "lm_head.")
 MULTIMODAL_PREFIXES = TOWER_PREFIXES + PROJECTOR_PREFIXES + PROXYV_MODULE_PREFIXES
+# Weights a LoRA run always saves beside its adapter: not in the base language model, not the tower's own.
+NEW_MODULE_PREFIXES = PROJECTOR_PREFIXES + PROXYV_MODULE_PREFIXES
 
 
 def register_release_weight_names(class_name: str) -> None:

@@ -12,8 +12,10 @@ from .zero3_params import copy_into, full_state
 logger = logging.getLogger(__name__)
 
 
-def load_mm_projector_weights(model, path: str) -> set[str]:
+def load_mm_projector_weights(model, path: str, params: dict[str, torch.Tensor] | None = None) -> set[str]:
     """Load a stage-1 `mm_projector.bin` (full parameter names) into `model`; returns the names loaded.
+    (`params` maps those names to the model's parameters where its own names differ, as under a LoRA
+    wrapper; a LoRA run's `non_lora_trainables.bin` is read the same way.)
 
     A missing file is a `UsageError`; one that is not a torch checkpoint of named tensors, or whose names
     or shapes do not fit the model, a `DamagedInputError` saying which.
@@ -31,7 +33,7 @@ def load_mm_projector_weights(model, path: str) -> set[str]:
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise DamagedInputError(f"projector weights file {path} does not hold named tensors; point at the "
                                 "mm_projector.bin that stage 1 wrote.")
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters()) if params is None else params
     shapes = {name: tuple(getattr(p, "ds_shape", p.shape)) for name, p in params.items()}
     unknown = sorted(k for k in weights if k not in params)
     if unknown:

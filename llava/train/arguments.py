@@ -10,6 +10,7 @@ template or choice, malformed `--image_grid_pinpoints`, a `--deepspeed` file tha
 (`DamagedInputError` when it is not JSON), an `--output_dir` that is a file.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from llava.errors import DamagedInputError, UsageError, read_json_file, require_
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 NO_REDUCTION = (None, "", "none")
+LORA_BIAS_CHOICES = ("none", "all", "lora_only")
 
 
 def _check_choice(option: str, value, choices) -> None:
@@ -152,6 +154,12 @@ class TrainingArguments(transformers.TrainingArguments):
     warmup_ratio: float | None = field(
         default=None, metadata={"help": "LLaVA's flag: warmup as a fraction of the steps (sets warmup_steps)"}
     )
+    lora_enable: bool = field(default=False, metadata={"help": "train the language model through LoRA adapters"})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA branch's input"})
+    lora_bias: str = field(default="none", metadata={"help": "none, all or lora_only: which biases train with LoRA"})
+    bits: int = field(default=16, metadata={"help": "16; or 8 / 4 for QLoRA (CUDA + bitsandbytes, with --lora_enable)"})
 
     def __post_init__(self):
         if self.warmup_ratio is not None:
@@ -171,7 +179,28 @@ class TrainingArguments(transformers.TrainingArguments):
             raise UsageError(f"--output_dir {self.output_dir} is a file; give a folder (new or to resume in).")
         self._check_deepspeed_config()
         self._check_precision_without_cuda()
+        self._check_lora_options()
         super().__post_init__()
+
+    def _check_lora_options(self) -> None:
+        """LoRA's numbers in range; QLoRA (--bits 4/8) only with LoRA, on CUDA, with bitsandbytes."""
+        _check_choice("--lora_bias", self.lora_bias, LORA_BIAS_CHOICES)
+        _check_choice("--bits", self.bits, (16, 8, 4))
+        if self.lora_r < 1 or self.lora_alpha <= 0:
+            raise UsageError(f"--lora_r must be at least 1 and --lora_alpha above 0, got {self.lora_r} and "
+                             f"{self.lora_alpha}.")
+        if not 0 <= self.lora_dropout < 1:
+            raise UsageError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        if self.bits == 16:
+            return
+        if not self.lora_enable:
+            raise UsageError(f"--bits {self.bits} quantizes the frozen language model for QLoRA; add --lora_enable "
+                             "True (full fine-tuning cannot train quantized weights), or drop --bits.")
+        if not torch.cuda.is_available():
+            raise UsageError(f"--bits {self.bits} (QLoRA) needs a CUDA GPU with bitsandbytes; on CPU train LoRA in "
+                             "full precision: drop --bits.")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise UsageError(f"--bits {self.bits} (QLoRA) needs bitsandbytes: pip install bitsandbytes.")
 
     def _check_deepspeed_config(self) -> None:
         """`--deepspeed` names a JSON file (or is inline JSON); checked before transformers reads it."""

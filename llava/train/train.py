@@ -46,6 +46,7 @@ from llava.train.check_data import check_training_paths
 from llava.train.check_data import load_tokenizer as load_model_tokenizer
 from llava.train.checkpoints import last_complete_checkpoint
 from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, load_records
+from llava.train.lora import enable_lora, quantization_config
 from llava.train.trainer import LLaVATrainer
 from llava.train.tunable import (
     apply_tunable_parts,
@@ -114,6 +115,8 @@ def _check_checkpoint_variant(config, model_args) -> None:
 def build_model(model_args, data_args, training_args):
     """A fresh LLaVA from an LLM + tower, or an existing LLaVA checkpoint to continue training."""
     dtype = _dtype(training_args)
+    quantization = quantization_config(training_args, dtype)  # QLoRA (--bits 4/8), else None
+    load_options = {"quantization_config": quantization} if quantization is not None else {}
     try:
         source_config = AutoConfig.from_pretrained(model_args.model_name_or_path)
     except (OSError, ValueError) as error:
@@ -125,7 +128,7 @@ def build_model(model_args, data_args, training_args):
         model_class = causal_lm_class_for_config(source_config)
         config = config_for_class(source_config, model_class)
         model = model_class.from_pretrained(model_args.model_name_or_path, config=config, dtype=dtype,
-                                            attn_implementation=model_args.attn_implementation)
+                                            attn_implementation=model_args.attn_implementation, **load_options)
     else:
         if not model_args.vision_tower:
             raise UsageError("--vision_tower is required when --model_name_or_path is a plain language model.")
@@ -136,7 +139,7 @@ def build_model(model_args, data_args, training_args):
             start = source_config.num_hidden_layers // 2
             logger.info("--proxyv True without --proxyv_start_layer: starting at the middle layer %d", start)
         model = build_llava_from_llm(model_args.model_name_or_path, model_args.vision_tower, start, dtype=dtype,
-                                     attn_implementation=model_args.attn_implementation,
+                                     attn_implementation=model_args.attn_implementation, load_options=load_options,
                                      **_multimodal_options(model_args, data_args, training_args))
     _check_crop_geometry(model, model_args)
     model.config.conv_template = model_args.version
@@ -283,9 +286,12 @@ def train(argv=None) -> None:
         load_mm_projector_weights(model, model_args.pretrain_mm_mlp_adapter)
     _log_partitioning(model, training_args.world_size)
     parts = parse_tunable_parts(model_args.mm_tunable_parts)
-    apply_tunable_parts(model, parts)
     if training_args.gradient_checkpointing:
         model.enable_input_require_grads()
+    if training_args.lora_enable:
+        model = enable_lora(model, training_args, parts)  # the PEFT model; its base is the LLaVA model
+    else:
+        apply_tunable_parts(model, parts)
 
     image_processor = load_image_processor(model_args.model_name_or_path, model.config)
     if image_processor is None:

@@ -5,6 +5,8 @@
 * `--group_by_modality_length`: batches hold only multimodal or only text-only samples;
 * stage 1 (only multimodal parts train) saves those weights to `mm_projector.bin`, also under
   ZeRO-3, and resumes from such a checkpoint;
+* a LoRA run (`llava.train.lora`) saves its adapter, `non_lora_trainables.bin` and the LLaVA config,
+  also under ZeRO-3, and resumes from such a checkpoint;
 * skipped records are counted and summarised, too many of them or a NaN/inf loss stop the run
   (`llava.train.run_guards`); each checkpoint gets a completeness marker written last
   (`llava.train.checkpoints`).
@@ -18,8 +20,10 @@ from torch.utils.data import Sampler
 from transformers import Trainer
 
 from llava.model.checkpoint_names import PROJECTOR_PREFIXES, PROXYV_MODULE_PREFIXES
+from llava.model.lora_weights import NON_LORA_FILE, plain_name
 from llava.model.projector_weights import load_mm_projector_weights, save_mm_projector_weights
 from llava.train.checkpoints import mark_complete
+from llava.train.lora import save_non_lora_trainables
 from llava.train.run_guards import SkipTracker
 
 logger = logging.getLogger(__name__)
@@ -103,7 +107,8 @@ class LLaVATrainer(Trainer):
         for name, param in opt_model.named_parameters():
             if not param.requires_grad:
                 continue
-            lr = next((lr for prefixes, lr in special if lr is not None and name.startswith(prefixes)), self.args.learning_rate)
+            lr = next((lr for prefixes, lr in special if lr is not None and plain_name(name).startswith(prefixes)),
+                      self.args.learning_rate)
             weight_decay = self.args.weight_decay if name in decay else 0.0
             groups.setdefault((lr, weight_decay), {"params": [], "lr": lr, "weight_decay": weight_decay})["params"].append(param)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
@@ -114,11 +119,23 @@ class LLaVATrainer(Trainer):
                         len(group["params"]))
         return self.optimizer
 
+    def _lora_base_model(self):
+        """The model PEFT wraps when this is a LoRA run, else None."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.get_base_model() if hasattr(model, "peft_config") else None
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Stage 1 writes only the trained multimodal weights; later stages the whole model."""
+        """Stage 1 writes only the trained multimodal weights; a LoRA run its adapter, the fully trained
+        weights and the LLaVA config; other stages the whole model."""
+        output_dir = output_dir or self.args.output_dir
+        base_model = self._lora_base_model()
+        if base_model is not None:
+            save_non_lora_trainables(base_model, output_dir, self.args.should_save)  # every rank gathers
+            if self.args.should_save:
+                base_model.config.save_pretrained(output_dir)
+            return super().save_model(output_dir, _internal_call)
         if not self.multimodal_only_prefixes:
             return super().save_model(output_dir, _internal_call)
-        output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
         if self.args.should_save:
@@ -131,6 +148,11 @@ class LLaVATrainer(Trainer):
             save_mm_projector_weights(model, os.devnull, self.multimodal_only_prefixes)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        non_lora = os.path.join(resume_from_checkpoint, NON_LORA_FILE)
+        base_model = self._lora_base_model()
+        if base_model is not None and os.path.isfile(non_lora) and not self.is_deepspeed_enabled:
+            params = {plain_name(name): param for name, param in base_model.named_parameters()}
+            load_mm_projector_weights(base_model, non_lora, params)  # the adapter is transformers' to load
         projector = os.path.join(resume_from_checkpoint, MM_PROJECTOR_FILE)
         if self.multimodal_only_prefixes and os.path.isfile(projector) and not self.is_deepspeed_enabled:
             load_mm_projector_weights(model or self.model, projector)

@@ -38,14 +38,26 @@ def multimodal_prefixes(parts: list[str]) -> tuple[str, ...]:
     return tuple(prefix for part in parts for prefix in TUNABLE_PARTS[part])
 
 
-def apply_tunable_parts(model, parts: list[str]) -> None:
-    """Freeze everything, then unfreeze `parts`; log what each part holds and whether it trains."""
+def apply_tunable_parts(model, parts: list[str], adapters: set[str] | None = None) -> None:
+    """Freeze everything, then unfreeze `parts`; log what each part holds and whether it trains.
+
+    `adapters`: with LoRA, the names of the parameters PEFT trains (the adapters, and biases as
+    `--lora_bias` says); the language model part then trains them, not its own weights.
+    """
+    adapters = adapters or set()
     model.requires_grad_(False)
     for part, prefixes in TUNABLE_PARTS.items():
-        params = [p for name, p in model.named_parameters() if name.startswith(prefixes)]
+        params = [p for name, p in model.named_parameters() if name.startswith(prefixes) and name not in adapters]
         count = sum(getattr(p, "ds_numel", p.numel()) for p in params)
-        if part in parts:
+        trains = part in parts and not (adapters and part == "mm_language_model")
+        if trains:
             for param in params:
                 param.requires_grad_(True)
         if params:
-            logger.info("%-18s %12s parameters  %s", part, f"{count:,}", "TRAINED" if part in parts else "frozen")
+            logger.info("%-18s %12s parameters  %s", part, f"{count:,}", "TRAINED" if trains else "frozen")
+    if adapters:
+        adapter_params = [p for name, p in model.named_parameters() if name in adapters]
+        for param in adapter_params:
+            param.requires_grad_(True)
+        count = sum(getattr(p, "ds_numel", p.numel()) for p in adapter_params)
+        logger.info("%-18s %12s parameters  %s", "LoRA adapters", f"{count:,}", "TRAINED")
