@@ -4,7 +4,8 @@ that cannot be used), exactly one `error: ...` line on stderr naming the culprit
 
 Covered: `llava.eval.run_llava`, `llava.serve.cli`, `llava.train.check_data`, `llava/train/train.py`
 (`train(argv)`, which fails before the model is built for each case here), `llava.tiny`,
-`llava.conversation` and `llava.tools.convert_internlm2`.
+`llava.conversation`, `llava.tools.convert_internlm2`, `llava.tools.merge_lora` and
+`llava.eval.lora_budget`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from llava.errors import DEBUG_ENV, UsageError, run_main
 from llava.eval.run_llava import main as run_llava_main
 from llava.serve.cli import main as chat_main
 from llava.tiny.__main__ import main as tiny_main
+from llava.eval.lora_budget import main as lora_budget_main
 from llava.tools.convert_internlm2 import main as convert_main
+from llava.tools.merge_lora import main as merge_lora_main
 from llava.train.check_data import main as check_data_main
 from llava.train.train import train
 
@@ -373,6 +376,30 @@ def test_converter_bad_paths_and_checkpoints(files, tmp_path, capsys):
     fails(capsys, 1, convert_main, ["--src", src, "--dst", tmp_path / "dst"], "config.json", "cannot be read as JSON")
     (src / "config.json").write_text(json.dumps({"model_type": "llama"}))
     fails(capsys, 1, convert_main, ["--src", src, "--dst", tmp_path / "dst"], "already a Llama checkpoint")
+
+
+# ----------------------------------------------------------------------------- merge_lora, lora_budget
+
+
+def test_merge_lora_bad_paths(files, tmp_path, capsys):
+    out = tmp_path / "merged"
+    fails(capsys, 2, merge_lora_main, ["--model-path", files / "no_run", "--model-base", files / "folder",
+                                       "--save-model-path", out], "no_run", "does not exist")
+    fails(capsys, 2, merge_lora_main, ["--model-path", files / "folder", "--model-base", files / "folder",
+                                       "--save-model-path", out], "no adapter_config.json")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "adapter_config.json").write_text('{"r": 4,')
+    fails(capsys, 1, merge_lora_main, ["--model-path", run, "--model-base", files / "folder", "--save-model-path",
+                                       out], "adapter_config.json", "is not valid JSON")
+    (run / "adapter_config.json").write_text('{"r": 4}')
+    fails(capsys, 1, merge_lora_main, ["--model-path", run, "--model-base", files / "folder", "--save-model-path",
+                                       out], "lacks adapter_model.safetensors")
+
+
+def test_lora_budget_unknown_model(capsys):
+    fails(capsys, 2, lora_budget_main, ["--model", "no-such-preset"], "no-such-preset")
 
 
 def test_a_run_stopped_by_its_guards_is_a_damaged_input_line(capsys):

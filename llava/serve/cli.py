@@ -200,7 +200,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Chat with a LLaVA / ProxyV model about images. An empty line or Ctrl-D ends the chat."
     )
     parser.add_argument("--model-path", required=True, help="checkpoint folder or hub name")
-    parser.add_argument("--model-base", default=None, help="language model for a projector-only (stage-1) folder")
+    parser.add_argument("--model-base", default=None, help="for a stage-1 (projector-only) or LoRA folder: the model it was trained from")
     parser.add_argument("--image-file", default=None, help="image path(s) or URL(s), comma-separated")
     parser.add_argument("--conv-mode", default=None,
                         help="conversation template (default: the config's conv_template, else vicuna_v1)")

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from llava.errors import UsageError, read_json_file, run_main
+from llava.errors import UsageError, read_json_file, require_path, run_main
 from llava.model.builder import load_pretrained_model, resolve_dtype
 from llava.model.lora_weights import is_lora_folder
 
@@ -35,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _check_paths(args) -> None:
-    if os.path.isdir(args.model_path) and not is_lora_folder(args.model_path):
+    require_path(args.model_path, "--model-path", "dir")
+    if not is_lora_folder(args.model_path):
         raise UsageError(f"--model-path {args.model_path} has no adapter_config.json, so it is not a LoRA output; "
                          "point it at the folder a --lora_enable True run wrote.")
     if os.path.exists(args.save_model_path) and (not os.path.isdir(args.save_model_path)
