@@ -26,13 +26,15 @@ fi
 if [ -n "${GRID_PINPOINTS}" ]; then PINPOINT_ARGS=(--image_grid_pinpoints "${GRID_PINPOINTS}"); else PINPOINT_ARGS=(); fi
 # LORA=True (README, "LoRA fine-tuning"): the language model trains through LoRA adapters (LORA_R,
 # LORA_ALPHA; LLaVA's finetune_lora.sh uses 128 / 256 at learning rate 2e-4, projector 2e-5), the
-# projector and ProxyV's modules fully. The output folder ends in -lora and holds the adapter.
+# projector and ProxyV's modules fully (both at 2e-5, MM_PROJECTOR_LR / MM_VISION_MLP_LR). The output
+# folder ends in -lora and holds the adapter.
 LORA_ARGS=(); LORA_SUFFIX=
 if [ "${LORA:-False}" = "True" ]; then
   if [ "${TINY}" = 1 ]; then LORA_DEFAULTS=(8 16 "${LR}" "${LR}"); else LORA_DEFAULTS=(128 256 2e-4 2e-5); fi
   LR=${LORA_LR:-${LORA_DEFAULTS[2]}}
   LORA_ARGS=(--lora_enable True --lora_r "${LORA_R:-${LORA_DEFAULTS[0]}}" --lora_alpha "${LORA_ALPHA:-${LORA_DEFAULTS[1]}}"
-             --mm_projector_lr "${MM_PROJECTOR_LR:-${LORA_DEFAULTS[3]}}")
+             --mm_projector_lr "${MM_PROJECTOR_LR:-${LORA_DEFAULTS[3]}}"
+             --mm_vision_mlp_lr "${MM_VISION_MLP_LR:-${LORA_DEFAULTS[3]}}")
   LORA_SUFFIX=-lora
 fi
 RUN_NAME=${RUN_NAME:-$(basename "${LLM_VERSION}")-${RUN_KIND}-finetune${LORA_SUFFIX}}

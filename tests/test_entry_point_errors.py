@@ -20,10 +20,10 @@ import torch
 
 from llava.conversation import main as conversation_main
 from llava.errors import DEBUG_ENV, UsageError, run_main
+from llava.eval.lora_budget import main as lora_budget_main
 from llava.eval.run_llava import main as run_llava_main
 from llava.serve.cli import main as chat_main
 from llava.tiny.__main__ import main as tiny_main
-from llava.eval.lora_budget import main as lora_budget_main
 from llava.tools.convert_internlm2 import main as convert_main
 from llava.tools.merge_lora import main as merge_lora_main
 from llava.train.check_data import main as check_data_main

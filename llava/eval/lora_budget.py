@@ -20,8 +20,8 @@ from types import SimpleNamespace
 import torch
 
 from llava.errors import UsageError, run_main
-from llava.eval.presets import load_model_spec
 from llava.eval.prefill_benchmark import build_model, build_variants
+from llava.eval.presets import load_model_spec
 from llava.model.lora_weights import is_lora_parameter
 from llava.train.lora import enable_lora
 from llava.train.tunable import DEFAULT_TUNABLE_PARTS, apply_tunable_parts, parse_tunable_parts
@@ -48,10 +48,17 @@ def budget_row(setting: str, counts: dict[str, int]) -> dict:
             "total_gib": (weights + optimizer) / 2**30}
 
 
+def model_variant(model_name: str, start_layer: int | None):
+    """The baseline, or ProxyV from `start_layer`, of a preset or config; a bad name or layer is a UsageError."""
+    try:
+        spec = load_model_spec(model_name)
+        return build_variants(spec, [start_layer] if start_layer is not None else [])[-1]
+    except ValueError as error:  # an unknown preset, a start layer the model does not have
+        raise UsageError(str(error)) from error
+
+
 def measure(model_name: str, start_layer: int | None, lora_r: int, lora_alpha: int) -> list[dict]:
-    spec = load_model_spec(model_name)
-    variants = build_variants(spec, [start_layer] if start_layer is not None else [])
-    variant = variants[-1]
+    variant = model_variant(model_name, start_layer)
     parts = parse_tunable_parts(DEFAULT_TUNABLE_PARTS)
     full = build_model(variant, "meta", torch.bfloat16, "sdpa")
     apply_tunable_parts(full, parts)
@@ -81,10 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
-    try:
-        rows = measure(args.model, args.proxyv_start_layer, args.lora_r, args.lora_alpha)
-    except ValueError as error:  # an unknown preset, a start layer the model does not have
-        raise UsageError(str(error)) from error
+    rows = measure(args.model, args.proxyv_start_layer, args.lora_r, args.lora_alpha)
     kind = f"ProxyV s={args.proxyv_start_layer}" if args.proxyv_start_layer is not None else "baseline"
     print_table(f"{args.model}, {kind}: stage 2 (projector, ProxyV modules, language model)", rows)
     if args.json:

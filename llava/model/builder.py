@@ -37,6 +37,7 @@ from .lora_weights import (
     is_lora_folder,
     load_non_lora_trainables,
     merge_lora_adapter,
+    without_quantization,
 )
 from .model_registry import causal_lm_class_for_config, check_model_type, config_for_class
 from .projector_weights import load_mm_projector_weights
@@ -295,6 +296,7 @@ def load_pretrained_model(
     config = config_for_class(config, model_class)
     lora = os.path.isdir(model_path) and is_lora_folder(model_path)
     if lora:
+        config = without_quantization(config)  # a QLoRA run's record of its training copy
         check_base_matches(config, model_path, model_base)
 
     # Shape mismatches are reported by `_finish_multimodal_weights` in one line, not by a RuntimeError.
@@ -313,7 +315,7 @@ def load_pretrained_model(
                                 "them (or save the model again).") from error
     _finish_multimodal_weights(model, info, model_path, model_base, lora)
     if lora:
-        check_adapter_fits(model, model_path, model_base)
+        check_adapter_fits(model, model_path)
         model = merge_lora_adapter(model, model_path)
     if not (load_8bit or load_4bit):
         model.to(device)
@@ -364,6 +366,11 @@ def _finish_multimodal_weights(model, info: dict, model_path: str, model_base: s
     """Fill in what the weights file did not carry: a stage-1 projector file or a LoRA run's fully
     trained weights, the tower's own weights."""
     mismatched = sorted(info.get("mismatched_keys", []))
+    if mismatched and lora:
+        name, stored, expected = mismatched[0]
+        raise UsageError(f"model_base {model_base} is another size than the model the LoRA run in {model_path} trained: "
+                         f"{name} is {list(stored)} there, {list(expected)} in the run's model. Give the language "
+                         "model the LoRA run started from.")
     if mismatched:
         name, stored, expected = mismatched[0]
         raise DamagedInputError(

@@ -10,7 +10,7 @@ every adapted layer present with the adapter's input and output sizes; a mismatc
 `UsageError` naming both folders.
 """
 
-import json
+import importlib.util
 import logging
 import os
 
@@ -45,8 +45,12 @@ def is_lora_parameter(name: str) -> bool:
 
 
 def check_lora_folder(lora_dir: str, model_base: str | None) -> None:
-    """The folder's adapter files are whole and `model_base` is given (a LoRA folder holds no base weights)."""
+    """The folder's adapter files are whole, `model_base` is given (a LoRA folder holds no base weights)
+    and PEFT, which merges the adapter, is installed."""
     adapter_config = read_json_file(os.path.join(lora_dir, ADAPTER_CONFIG_FILE), "LoRA adapter config")
+    if importlib.util.find_spec("peft") is None:
+        raise UsageError(f"{lora_dir} holds a LoRA adapter, and merging it needs the peft package: "
+                         "pip install 'proxyv[train]' (or pip install peft).")
     if model_base is None:
         recorded = adapter_config.get("base_model_name_or_path") if isinstance(adapter_config, dict) else None
         hint = f" (it was trained from {recorded})" if recorded else ""
@@ -59,7 +63,10 @@ def check_lora_folder(lora_dir: str, model_base: str | None) -> None:
     read_safetensors_header(os.path.join(lora_dir, ADAPTER_WEIGHTS_FILE))
 
 
-SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads")
+SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+              "head_dim", "vocab_size")
+# What a QLoRA run's config records about its quantized training copy; the base it merges onto is not quantized.
+QUANTIZATION_KEYS = ("quantization_config", "_pre_quantization_dtype")
 
 
 def check_base_matches(config, lora_dir: str, model_base: str) -> None:
@@ -88,10 +95,7 @@ def check_base_matches(config, lora_dir: str, model_base: str) -> None:
 
 def _adapter_shapes(lora_dir: str) -> dict[str, dict[str, tuple]]:
     """{plain module name: {"A": shape, "B": shape}} from the adapter file's header."""
-    path = os.path.join(lora_dir, ADAPTER_WEIGHTS_FILE)
-    with open(path, "rb") as handle:
-        header_size = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(header_size))
+    header = read_safetensors_header(os.path.join(lora_dir, ADAPTER_WEIGHTS_FILE))
     modules: dict[str, dict[str, tuple]] = {}
     for key, info in header.items():
         for part in ("A", "B"):
@@ -101,21 +105,26 @@ def _adapter_shapes(lora_dir: str) -> dict[str, dict[str, tuple]]:
     return modules
 
 
-def check_adapter_fits(model, lora_dir: str, model_base: str) -> None:
-    """Every adapted layer exists in the model as a Linear of the adapter's input and output sizes."""
+def check_adapter_fits(model, lora_dir: str) -> None:
+    """Every adapted layer exists in the model its `config.json` builds, with the adapter's input and
+    output sizes: else the folder mixes files of different runs (PEFT's own error names neither)."""
     layers = dict(model.named_modules())
-    shapes = _adapter_shapes(lora_dir)
-    absent = sorted(name for name in shapes if not isinstance(layers.get(name), nn.Linear))
-    if absent:
-        raise UsageError(f"the LoRA adapter in {lora_dir} adapts {len(absent)} layer(s) that model_base {model_base} "
-                         f"does not have, e.g. {absent[:3]}; give the language model the LoRA run started from.")
-    for name, parts in sorted(shapes.items()):
-        layer = layers[name]
-        stored_in, stored_out = parts["A"][1], parts["B"][0]
-        if (stored_in, stored_out) != (layer.in_features, layer.out_features):
-            raise UsageError(f"the LoRA adapter in {lora_dir} was trained on a model whose {name} maps {stored_in} -> "
-                             f"{stored_out} features; in model_base {model_base} it maps {layer.in_features} -> "
-                             f"{layer.out_features}. Give the language model (same size) the LoRA run started from.")
+    for name, parts in sorted(_adapter_shapes(lora_dir).items()):
+        layer = layers.get(name)
+        sizes = (parts["A"][1], parts["B"][0]) if {"A", "B"} <= set(parts) else None
+        if not isinstance(layer, nn.Linear) or sizes != (layer.in_features, layer.out_features):
+            found = f"{layer.in_features} -> {layer.out_features}" if isinstance(layer, nn.Linear) else "no such layer"
+            raise DamagedInputError(f"the LoRA adapter in {lora_dir} does not fit the model its config.json describes: "
+                                    f"{name} is {sizes} in {ADAPTER_WEIGHTS_FILE}, {found} in the model. The folder "
+                                    "mixes files of different runs; copy the run's own files back.")
+
+
+def without_quantization(config):
+    """`config` (a LoRA run's) without what a QLoRA run recorded about quantizing its training copy."""
+    for key in QUANTIZATION_KEYS:
+        if hasattr(config, key):
+            delattr(config, key)
+    return config
 
 
 def load_non_lora_trainables(model, lora_dir: str) -> set[str]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from llava.errors import UsageError
-from llava.model.checkpoint_names import DECODER_LAYERS_PREFIX, NEW_MODULE_PREFIXES
+from llava.model.checkpoint_names import DECODER_LAYERS_PREFIX, NEW_MODULE_PREFIXES, TOWER_PREFIXES
 from llava.model.lora_weights import NON_LORA_FILE, is_lora_parameter, plain_name
 from llava.model.zero3_params import full_state
 from llava.train.tunable import apply_tunable_parts
@@ -41,12 +41,33 @@ def add_lora_adapters(model, training_args):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=training_args.gradient_checkpointing)
     targets = lora_target_modules(model)
-    config = LoraConfig(r=training_args.lora_r, lora_alpha=training_args.lora_alpha,
+    lora_config = LoraConfig(r=training_args.lora_r, lora_alpha=training_args.lora_alpha,
                         lora_dropout=training_args.lora_dropout, bias=training_args.lora_bias,
                         target_modules=targets, task_type="CAUSAL_LM")
     logger.info("LoRA r=%d alpha=%g dropout=%g bias=%s on %d linear layers of the language model",
-                config.r, config.lora_alpha, config.lora_dropout, config.bias, len(targets))
-    return get_peft_model(model, config)
+                lora_config.r, lora_config.lora_alpha, lora_config.lora_dropout, lora_config.bias, len(targets))
+    peft_model = get_peft_model(model, lora_config)
+    if training_args.bits in (4, 8):
+        _to_compute_dtype(peft_model, _compute_dtype(training_args))
+    return peft_model
+
+
+def _compute_dtype(training_args) -> torch.dtype:
+    return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+
+
+def _to_compute_dtype(peft_model, dtype: torch.dtype) -> None:
+    """QLoRA: PEFT's k-bit preparation leaves every unquantized weight in fp32; as LLaVA does, the
+    adapters and the full-precision modules go back to the compute dtype, the norms stay fp32."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in peft_model.named_modules():
+        if isinstance(module, LoraLayer):
+            module.to(dtype)
+        elif "norm" in name.rsplit(".", 1)[-1]:
+            module.to(torch.float32)
+        elif name.rsplit(".", 1)[-1] in QUANTIZATION_SKIP_MODULES + ["embed_tokens"]:
+            module.to(dtype)
 
 
 def non_lora_parameters(base_model) -> dict[str, torch.Tensor]:
@@ -85,8 +106,8 @@ def enable_lora(model, training_args, parts: list[str]):
     return peft_model
 
 
-# Modules QLoRA leaves in full precision: everything outside the language model's decoder.
-QUANTIZATION_SKIP_MODULES = ["vision_tower", "mm_projector", "vision_mlp_layers", "proxyv_initializer", "lm_head"]
+# Modules QLoRA leaves unquantized: everything outside the language model's decoder layers.
+QUANTIZATION_SKIP_MODULES = [prefix.split(".")[1] for prefix in TOWER_PREFIXES + NEW_MODULE_PREFIXES] + ["lm_head"]
 
 
 def quantization_config(training_args, compute_dtype: torch.dtype):

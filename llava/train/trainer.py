@@ -12,6 +12,7 @@
   (`llava.train.checkpoints`).
 """
 
+import copy
 import logging
 import os
 
@@ -19,8 +20,9 @@ import torch
 from torch.utils.data import Sampler
 from transformers import Trainer
 
+from llava.errors import DamagedInputError
 from llava.model.checkpoint_names import PROJECTOR_PREFIXES, PROXYV_MODULE_PREFIXES
-from llava.model.lora_weights import NON_LORA_FILE, plain_name
+from llava.model.lora_weights import NON_LORA_FILE, plain_name, without_quantization
 from llava.model.projector_weights import load_mm_projector_weights, save_mm_projector_weights
 from llava.train.checkpoints import mark_complete
 from llava.train.lora import save_non_lora_trainables
@@ -131,8 +133,8 @@ class LLaVATrainer(Trainer):
         base_model = self._lora_base_model()
         if base_model is not None:
             save_non_lora_trainables(base_model, output_dir, self.args.should_save)  # every rank gathers
-            if self.args.should_save:
-                base_model.config.save_pretrained(output_dir)
+            if self.args.should_save:  # the base it merges onto is not quantized, whatever --bits trained with
+                without_quantization(copy.deepcopy(base_model.config)).save_pretrained(output_dir)
             return super().save_model(output_dir, _internal_call)
         if not self.multimodal_only_prefixes:
             return super().save_model(output_dir, _internal_call)
@@ -150,7 +152,11 @@ class LLaVATrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         non_lora = os.path.join(resume_from_checkpoint, NON_LORA_FILE)
         base_model = self._lora_base_model()
-        if base_model is not None and os.path.isfile(non_lora) and not self.is_deepspeed_enabled:
+        if base_model is not None and not self.is_deepspeed_enabled:  # (DeepSpeed's own checkpoint holds them)
+            if not os.path.isfile(non_lora):
+                raise DamagedInputError(f"LoRA checkpoint {resume_from_checkpoint} lacks {NON_LORA_FILE} (the projector "
+                                        "and ProxyV weights); copy it back, or delete the checkpoint to resume from "
+                                        "an earlier one.")
             params = {plain_name(name): param for name, param in base_model.named_parameters()}
             load_mm_projector_weights(base_model, non_lora, params)  # the adapter is transformers' to load
         projector = os.path.join(resume_from_checkpoint, MM_PROJECTOR_FILE)

@@ -3,6 +3,7 @@ adapter reaches every projection the ProxyV layers use (Phi-3's fused ones inclu
 saved LoRA folder loads (and merges) to the in-memory model's logits, with clear errors for a base
 that does not fit. The training entry point's LoRA runs are in `test_lora_training.py`."""
 
+import json
 import re
 from types import SimpleNamespace
 
@@ -122,6 +123,11 @@ def write_lora_folder(peft_model, folder, clip_dir):
     peft_model.save_pretrained(folder)
     base.config.mm_vision_tower = str(clip_dir)
     base.config.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    # What a QLoRA run's config records (LLaVA's runs write it too); the base it merges onto is not quantized.
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True,
+                                     "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16"}
+    (folder / "config.json").write_text(json.dumps(config))
     tiny_word_tokenizer().save_pretrained(folder)
 
 
@@ -183,6 +189,22 @@ def test_base_of_another_family_or_size_is_refused(saved_lora, tmp_path):
     tiny_word_tokenizer().save_pretrained(tmp_path / "wide")
     with pytest.raises(UsageError, match="another size.*hidden_size 96"):
         load_pretrained_model(str(saved_lora.run), str(tmp_path / "wide"), device="cpu")
+    more_kv_heads = tiny_proxyv_model(family="phi3", num_key_value_heads=4)
+    more_kv_heads.save_pretrained(tmp_path / "kv")
+    tiny_word_tokenizer().save_pretrained(tmp_path / "kv")
+    with pytest.raises(UsageError, match="another size.*num_key_value_heads 4"):
+        load_pretrained_model(str(saved_lora.run), str(tmp_path / "kv"), device="cpu")
+
+
+def test_adapter_from_another_run_is_a_damaged_folder(saved_lora, tmp_path):
+    import shutil
+
+    other = enable_lora(tiny_proxyv_model(family="phi3", intermediate_size=96), lora_args(), PARTS)
+    other.save_pretrained(tmp_path / "other")
+    mixed = shutil.copytree(saved_lora.run, tmp_path / "run")
+    shutil.copy(tmp_path / "other" / "adapter_model.safetensors", mixed / "adapter_model.safetensors")
+    with pytest.raises(DamagedInputError, match="does not fit the model its config.json describes.*mixes files"):
+        load_pretrained_model(str(mixed), str(saved_lora.base), device="cpu")
 
 
 def test_lora_folder_missing_its_non_lora_weights(saved_lora, tmp_path):
@@ -205,16 +227,18 @@ def test_targets_skip_the_towers_own_linear_layers():
     assert tower_linears and not set(tower_linears) & set(lora_target_modules(model))
 
 
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal a machine without CUDA gives")
+
+
 @pytest.mark.parametrize("flags, needle", [
-    ({"bits": 4, "lora_enable": True}, "needs a CUDA GPU with bitsandbytes"),
-    ({"bits": 8, "lora_enable": True}, "needs a CUDA GPU with bitsandbytes"),
+    pytest.param({"bits": 4, "lora_enable": True}, "needs a CUDA GPU with bitsandbytes", marks=NO_CUDA),
+    pytest.param({"bits": 8, "lora_enable": True}, "needs a CUDA GPU with bitsandbytes", marks=NO_CUDA),
     ({"bits": 4}, "add --lora_enable True"),
     ({"bits": 6, "lora_enable": True}, "--bits 6 is not one of"),
     ({"lora_bias": "some"}, "--lora_bias 'some' is not one of"),
     ({"lora_r": 0}, "--lora_r must be at least 1"),
     ({"lora_dropout": 1.0}, "--lora_dropout must be in"),
 ])
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusals a machine without CUDA gives")
 def test_bad_lora_flags_are_refused_with_the_fix(tmp_path, flags, needle):
     from llava.train.arguments import TrainingArguments
 

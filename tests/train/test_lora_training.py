@@ -50,6 +50,8 @@ def test_lora_stage2_saves_resumes_loads_and_merges(tiny_assets, proxyv_stage1, 
         assert (checkpoint / name).is_file(), name
     log = _run([*args, "--max_steps", "4"])
     assert "Resuming from" in log and "checkpoint-2" in log
+    # The fully trained weights come back from the checkpoint (transformers reloads the adapter).
+    assert re.search(rf"Loaded \d+ multimodal weights from \S*checkpoint-2/{NON_LORA_FILE}", log), log[-3000:]
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
 
     config = json.loads((out / "config.json").read_text())
