@@ -4,8 +4,8 @@ that cannot be used), exactly one `error: ...` line on stderr naming the culprit
 
 Covered: `llava.eval.run_llava`, `llava.serve.cli`, `llava.train.check_data`, `llava/train/train.py`
 (`train(argv)`, which fails before the model is built for each case here), `llava.tiny`,
-`llava.conversation`, `llava.tools.convert_internlm2`, `llava.tools.merge_lora` and
-`llava.eval.lora_budget`.
+`llava.conversation`, `llava.tools.convert_internlm2`, `llava.tools.merge_lora`,
+`llava.eval.lora_budget` and `llava.eval.model_vqa`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from llava.conversation import main as conversation_main
 from llava.errors import DEBUG_ENV, UsageError, run_main
 from llava.eval.lora_budget import main as lora_budget_main
+from llava.eval.model_vqa import main as model_vqa_main
 from llava.eval.run_llava import main as run_llava_main
 from llava.serve.cli import main as chat_main
 from llava.tiny.__main__ import main as tiny_main
@@ -396,6 +397,18 @@ def test_merge_lora_bad_paths(files, tmp_path, capsys):
     (run / "adapter_config.json").write_text('{"r": 4}')
     fails(capsys, 1, merge_lora_main, ["--model-path", run, "--model-base", files / "folder", "--save-model-path",
                                        out], "lacks adapter_model.safetensors")
+
+
+def test_model_vqa_bad_options(files, tmp_path, capsys):
+    base = ["--model-path", files / "folder", "--answers-file", tmp_path / "a.jsonl"]
+    fails(capsys, 2, model_vqa_main, [*base, "--question-file", files / "nowhere.jsonl"], "--question-file")
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question_id": 1, "text": "Hi"}\n')
+    fails(capsys, 2, model_vqa_main, [*base, "--question-file", questions, "--num-chunks", 2, "--chunk-idx", 2],
+          "--chunk-idx")
+    fails(capsys, 2, model_vqa_main, [*base, "--question-file", questions, "--batch-size", 0], "--batch-size")
+    questions.write_text("not json\n")
+    fails(capsys, 1, model_vqa_main, [*base, "--question-file", questions], "q.jsonl line 1", "not valid JSON")
 
 
 def test_lora_budget_unknown_model(capsys):

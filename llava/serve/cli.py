@@ -29,7 +29,7 @@ import torch
 from transformers import StoppingCriteriaList, TextStreamer
 
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.conversation import Conversation, SeparatorStyle, get_conv_template
+from llava.conversation import Conversation, get_conv_template
 from llava.errors import DamagedInputError, UsageError, run_main
 from llava.mm_utils import KeywordsStoppingCriteria, tokenizer_image_token
 from llava.serve.inference import (
@@ -44,17 +44,13 @@ from llava.serve.inference import (
     load_model,
     pixels_for_model,
     prompt_length,
+    stop_string,
     with_image_placeholders,
 )
 
 logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- the dialogue
-
-
-def stop_string(conversation: Conversation) -> str | None:
-    """The text that ends an assistant turn in this template (LLaVA's rule)."""
-    return conversation.sep2 if conversation.sep_style == SeparatorStyle.TWO else conversation.sep
 
 
 def stopping_criteria(conversation: Conversation, tokenizer, prompt_len: int) -> StoppingCriteriaList | None:

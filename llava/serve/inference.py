@@ -18,13 +18,19 @@ import re
 import torch
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
-from llava.conversation import TokenizerFacts, conv_templates, default_template_for_model
+from llava.conversation import (
+    Conversation,
+    SeparatorStyle,
+    TokenizerFacts,
+    conv_templates,
+    default_template_for_model,
+)
 from llava.errors import DamagedInputError, UsageError, UserError, one_line, short_reason
 from llava.mm_utils import ImageTooLargeError, load_image, process_images
 
 __all__ = ["check_context_length", "check_conv_mode", "check_device", "check_generation_options", "check_text",
            "default_conv_mode", "generation_kwargs", "load_images", "load_model", "one_line", "pixels_for_model",
-           "prompt_length", "with_image_placeholders"]
+           "prompt_length", "stop_string", "with_image_placeholders"]
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +199,11 @@ def generation_kwargs(tokenizer, temperature: float, max_new_tokens: int, top_p:
         "eos_token_id": tokenizer.eos_token_id,
         "use_cache": True,
     }
+
+
+def stop_string(conversation: Conversation) -> str | None:
+    """The text that ends an assistant turn in this template (LLaVA's rule)."""
+    return conversation.sep2 if conversation.sep_style == SeparatorStyle.TWO else conversation.sep
 
 
 def with_image_placeholders(text: str, num_images: int) -> str:
