@@ -35,10 +35,9 @@ from llava.errors import DamagedInputError, UsageError, UserError, one_line, req
 from llava.eval.run_llava import build_prompt
 from llava.mm_utils import tokenizer_image_token
 from llava.serve.inference import (
+    add_answering_options,
+    check_answering_options,
     check_context_length,
-    check_conv_mode,
-    check_device,
-    check_generation_options,
     default_conv_mode,
     generation_kwargs,
     load_images,
@@ -189,25 +188,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--question-file", required=True, help='JSONL: {"question_id", "image", "text"} per line')
     parser.add_argument("--image-folder", default="", help="folder the questions' image names are relative to")
     parser.add_argument("--answers-file", required=True, help="JSONL to append the answers to (resumes)")
-    parser.add_argument("--conv-mode", default=None, help="template (default: the checkpoint's)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=None)
-    parser.add_argument("--num_beams", "--num-beams", dest="num_beams", type=int, default=1)
-    parser.add_argument("--max_new_tokens", "--max-new-tokens", dest="max_new_tokens", type=int, default=128)
+    add_answering_options(parser, max_new_tokens=128)
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8)
     parser.add_argument("--num-chunks", "--num_chunks", dest="num_chunks", type=int, default=1)
     parser.add_argument("--chunk-idx", "--chunk_idx", dest="chunk_idx", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
-    parser.add_argument("--attn-implementation", default="sdpa", choices=("eager", "sdpa", "flash_attention_2"))
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser.parse_args(argv)
 
 
 def check_args(args) -> None:
     """Every option before anything loads: a UsageError naming the option."""
-    check_generation_options(args.temperature, args.max_new_tokens, args.top_p, args.num_beams)
-    args.device = check_device(args.device)
-    check_conv_mode(args.conv_mode)
+    check_answering_options(args)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
     if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:

@@ -20,9 +20,10 @@ from llava.conversation import get_conv_template
 from llava.errors import UsageError, run_main
 from llava.mm_utils import tokenizer_image_token
 from llava.serve.inference import (
+    add_answering_options,
+    check_answering_options,
     check_context_length,
     check_conv_mode,
-    check_device,
     check_generation_options,
     check_text,
     default_conv_mode,
@@ -75,22 +76,13 @@ def parse_args(argv=None):
     parser.add_argument("--model-base", default=None)
     parser.add_argument("--image-file", default=None, help="image path(s), comma-separated")
     parser.add_argument("--query", default="What is in the image?")
-    parser.add_argument("--conv-mode", default=None)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=None, help="nucleus sampling, in (0, 1]")
-    parser.add_argument("--num_beams", "--num-beams", dest="num_beams", type=int, default=1)
-    parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=64)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--attn-implementation", default="sdpa", choices=("eager", "sdpa", "flash_attention_2"))
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    add_answering_options(parser, max_new_tokens=64)
     return parser.parse_args(argv)
 
 
 def check_args(args) -> None:
     """The option checks the chat CLI makes too, before anything loads; UsageError."""
-    check_generation_options(args.temperature, args.max_new_tokens, args.top_p, args.num_beams)
-    args.device = check_device(args.device)
-    check_conv_mode(args.conv_mode)
+    check_answering_options(args)
     if args.image_file is None and args.model_path is not None:
         raise UsageError("--image-file is required with --model-path; give one or more image paths, comma-separated.")
     if not args.query.strip():

@@ -125,21 +125,23 @@ def _check_model_path(model_path: str) -> bool:
                                         "checkpoint's config.json back into it (or save the model again).")
             raise UsageError(f"{model_path} has no config.json; point --model-path at a saved checkpoint folder.")
         return True
-    if os.path.exists(model_path):
-        raise UsageError(f"Model path {model_path} is a file; give the checkpoint folder.")
-    if model_path.startswith(("/", ".", "~")) or model_path.count("/") != 1:
-        raise UsageError(f"Model path {model_path} does not exist (and is not a hub name like 'org/name').")
-    return False
+    return _is_local_folder(model_path, "Model path", "give the checkpoint folder")
 
 
 def _check_base_path(model_base: str) -> bool:
     """`model_base` exists (a folder) or looks like a hub name; returns whether it is a local folder."""
-    if os.path.isdir(model_base):
+    return _is_local_folder(model_base, "model_base", "give the language model's folder")
+
+
+def _is_local_folder(path: str, label: str, file_fix: str) -> bool:
+    """True for a folder, False for a hub-like name `org/name`; a file, or a local path that is not
+    there, is a UsageError starting with `label`."""
+    if os.path.isdir(path):
         return True
-    if os.path.exists(model_base):
-        raise UsageError(f"model_base {model_base} is a file; give the language model's folder.")
-    if model_base.startswith(("/", ".", "~")) or model_base.count("/") != 1:
-        raise UsageError(f"model_base {model_base} does not exist (and is not a hub name like 'org/name').")
+    if os.path.exists(path):
+        raise UsageError(f"{label} {path} is a file; {file_fix}.")
+    if path.startswith(("/", ".", "~")) or path.count("/") != 1:
+        raise UsageError(f"{label} {path} does not exist (and is not a hub name like 'org/name').")
     return False
 
 

@@ -28,7 +28,7 @@ from llava.conversation import (
 from llava.errors import DamagedInputError, UsageError, UserError, one_line, short_reason
 from llava.mm_utils import ImageTooLargeError, load_image, process_images
 
-__all__ = ["check_context_length", "check_conv_mode", "check_device", "check_generation_options", "check_text",
+__all__ = ["add_answering_options", "check_answering_options", "check_context_length", "check_conv_mode", "check_device", "check_generation_options", "check_text",
            "default_conv_mode", "generation_kwargs", "load_images", "load_model", "one_line", "pixels_for_model",
            "prompt_length", "stop_string", "with_image_placeholders"]
 
@@ -56,6 +56,26 @@ def check_generation_options(temperature: float = 0.0, max_new_tokens: int = 1, 
         raise UsageError(f"{flag['num_beams']} must be at least 1 (1 = no beam search), got {num_beams}.")
     if max_new_tokens < 1:
         raise UsageError(f"{flag['max_new_tokens']} must be at least 1, got {max_new_tokens}.")
+
+
+def add_answering_options(parser, max_new_tokens: int) -> None:
+    """The options `run_llava` and `model_vqa` share, under LLaVA's names (both spellings)."""
+    parser.add_argument("--conv-mode", default=None, help="template (default: the checkpoint's)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=None, help="nucleus sampling, in (0, 1]")
+    parser.add_argument("--num_beams", "--num-beams", dest="num_beams", type=int, default=1)
+    parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int,
+                        default=max_new_tokens)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--attn-implementation", default="sdpa", choices=("eager", "sdpa", "flash_attention_2"))
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
+def check_answering_options(args) -> None:
+    """The checks of `add_answering_options`' values, before anything loads (UsageError); resolves --device."""
+    check_generation_options(args.temperature, args.max_new_tokens, args.top_p, args.num_beams)
+    args.device = check_device(args.device)
+    check_conv_mode(args.conv_mode)
 
 
 def check_device(device: str | None, option: str = "--device") -> str:

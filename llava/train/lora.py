@@ -42,8 +42,8 @@ def add_lora_adapters(model, training_args):
             model, use_gradient_checkpointing=training_args.gradient_checkpointing)
     targets = lora_target_modules(model)
     lora_config = LoraConfig(r=training_args.lora_r, lora_alpha=training_args.lora_alpha,
-                        lora_dropout=training_args.lora_dropout, bias=training_args.lora_bias,
-                        target_modules=targets, task_type="CAUSAL_LM")
+                             lora_dropout=training_args.lora_dropout, bias=training_args.lora_bias,
+                             target_modules=targets, task_type="CAUSAL_LM")
     logger.info("LoRA r=%d alpha=%g dropout=%g bias=%s on %d linear layers of the language model",
                 lora_config.r, lora_config.lora_alpha, lora_config.lora_dropout, lora_config.bias, len(targets))
     peft_model = get_peft_model(model, lora_config)
