@@ -27,6 +27,7 @@ setup(
     extras_require={
         "train": ["deepspeed>=0.16", "peft>=0.13", "accelerate>=1.0", "wandb"],
         "flash": ["flash-attn>=2.6"],
+        "serve": ["gradio>=6,<7"],  # the web demo (llava.serve.gradio_web_server); tested with 6.31
         "dev": ["pytest>=8", "ruff>=0.6"],
     },
 )

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from transformers import CLIPVisionConfig
 
 from llava.model import FAMILIES, family_for_model_type
+from llava.model.dense_twin import NOT_CONFIG_KEYS, REDUCTION_KEYS
 from llava.model.language_model.proxyv_decoder import PROXYV_CONFIG_KEYS
 from llava.tiny.models import TINY_CLIP_CONFIG, TINY_FAMILY_OVERRIDES, TINY_LLM_CONFIG
 
@@ -37,11 +38,8 @@ CLIP_L_336 = {
 # them; these few are kept as the spec's ProxyV options.
 PROXYV_OPTION_KEYS = ("proxyv_reduce_factor", "max_num_image_crops", "hidden_size_reduce_factor",
                       "learned_proxy_guidance")
-NOT_CONFIG_KEYS = ("model_type", "architectures", "transformers_version", "_name_or_path", "auto_map")
-# A checkpoint's token-reduction settings (LlavaConfigFields): the benchmark's baseline row is the plain
-# model and its VisionZip / PyramidDrop rows set their own.
-REDUCTION_KEYS = ("vision_token_reduction", "visionzip_dominant", "visionzip_contextual", "pyramid_drop_layers",
-                  "pyramid_drop_ratio")
+# NOT_CONFIG_KEYS and a checkpoint's token-reduction settings (REDUCTION_KEYS) are dropped too: the
+# benchmark's baseline row is the plain model and its VisionZip / PyramidDrop rows set their own.
 # The model_type names a config.json may carry, all from the family registry (never listed here).
 LLM_MODEL_TYPES = {t: name for name, classes in FAMILIES.items() for t in classes.family.llm_model_types}
 LLAVA_MODEL_TYPES = {t: name for name, classes in FAMILIES.items()

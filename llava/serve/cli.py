@@ -75,21 +75,26 @@ class ChatSession:
     """One dialogue about a fixed set of images; `ask` adds a turn and returns the reply.
 
     The images go with every turn (the first turn's placeholders stay in the prompt); the whole
-    conversation is the prompt of the next turn. `last_prompt` is the prompt of the latest turn.
+    conversation is the prompt of the next turn. `last_prompt` is the prompt of the latest turn and
+    `last_input_ids` its ids. `messages` continues an earlier dialogue about the same images (the
+    `conversation.messages` of a session that asked them).
     """
 
     def __init__(self, tokenizer, model, image_processor, images: list, conv_mode: str, context_len: int,
-                 temperature: float = 0.2, max_new_tokens: int = 512, streamer=None):
-        check_generation_options(temperature, max_new_tokens)
+                 temperature: float = 0.2, max_new_tokens: int = 512, streamer=None, top_p: float | None = None,
+                 messages: list | None = None):
+        check_generation_options(temperature, max_new_tokens, top_p)
         check_conv_mode(conv_mode, "conv_mode")
         self.conversation = get_conv_template(conv_mode)
+        self.conversation.messages = [list(message) for message in messages or []]
         self.tokenizer, self.model, self.context_len = tokenizer, model, context_len
         self.num_images = len(images)
         self.pixels = pixels_for_model(images, image_processor, model) if images else None
         self.image_sizes = [image.size for image in images] if images else None
-        self.generate_kwargs = generation_kwargs(tokenizer, temperature, max_new_tokens)
+        self.generate_kwargs = generation_kwargs(tokenizer, temperature, max_new_tokens, top_p)
         self.streamer = streamer
         self.last_prompt: str | None = None
+        self.last_input_ids: torch.Tensor | None = None
 
     @property
     def roles(self) -> tuple[str, str]:
@@ -120,7 +125,7 @@ class ChatSession:
         )
         reply = self._clean(self.tokenizer.decode(output_ids[0], skip_special_tokens=True))
         self.conversation.messages[-1][-1] = reply
-        self.last_prompt = prompt
+        self.last_prompt, self.last_input_ids = prompt, input_ids
         return reply
 
     def _clean(self, text: str) -> str:

@@ -243,7 +243,7 @@ def prompt_length(input_ids: torch.Tensor, pixels, model) -> int:
 
     length = int((input_ids != IMAGE_TOKEN_INDEX).sum())
     if pixels is not None:
-        tokens_per_crop = model.get_vision_tower().num_patches + 1  # patches + newline
+        tokens_per_crop = model.get_vision_tower().num_output_tokens + 1  # kept patches + newline
         length += tokens_per_crop * sum(crops.shape[0] for crops in split_image_crops(pixels))
     return length
 
