@@ -320,6 +320,7 @@ def main(argv=None) -> int:
     """Load the model and serve the page until Ctrl-C; problems the user can fix raise `UserError`."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own requests to itself, one line each
     check_args(args)
     chat = load_chat(args)
     launch(build_demo(chat, example_images()), args)
