@@ -25,6 +25,7 @@ import importlib.util
 import logging
 import os
 import random
+import socket
 import sys
 import tempfile
 import threading
@@ -288,8 +289,20 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError("Pass at most one of --load-8bit and --load-4bit.")
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {args.port}.")
+    check_port_free(args.host, args.port)
     if args.max_image_pixels < 1:
         raise UsageError(f"--max-image-pixels must be at least 1, got {args.max_image_pixels}.")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """UsageError naming --port / --host when the address cannot be listened on (before the model loads)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise UsageError(f"Cannot listen on {host}:{port} ({error.strerror or error}); another program may be "
+                             "using it: pass another --port (or check --host).") from error
 
 
 def load_chat(args: argparse.Namespace) -> WebChat:

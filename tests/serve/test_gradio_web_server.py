@@ -177,3 +177,8 @@ def test_bad_options_stop_before_loading(capsys):
     assert "--port must be in 1..65535" in capsys.readouterr().err
     assert run_main(web.main, ["--conv-mode", "nope"]) == 2
     assert "is not a conversation template" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert run_main(web.main, ["--port", str(taken.getsockname()[1])]) == 2
+    assert "pass another --port" in capsys.readouterr().err
