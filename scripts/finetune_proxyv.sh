@@ -47,7 +47,7 @@ launch \
   --vision_tower "${VISION_MODEL_VERSION}" --mm_vision_select_layer -2 --mm_projector_type mlp2x_gelu \
   --mm_tunable_parts mm_mlp_adapter,mm_vision_mlp,mm_language_model \
   --mm_use_im_start_end False --mm_use_im_patch_token False \
-  --image_aspect_ratio anyres "${PINPOINT_ARGS[@]}" --mm_patch_merge_type spatial_unpad --group_by_modality_length True \
+  --image_aspect_ratio anyres "${PINPOINT_ARGS[@]}" --mm_patch_merge_type flat_newline --group_by_modality_length True \
   --output_dir "${OUTPUT_ROOT}/${RUN_NAME}" --run_name "${RUN_NAME}" \
   --num_train_epochs "${EPOCHS}" --per_device_train_batch_size "${BATCH}" --gradient_accumulation_steps "${ACCUM}" \
   --learning_rate "${LR}" --weight_decay 0. --warmup_ratio 0.03 --lr_scheduler_type cosine \

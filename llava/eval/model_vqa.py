@@ -119,7 +119,8 @@ class Answerer:
         input_ids = tokenizer_image_token(build_prompt(question.text, len(images), self.conv_mode), self.tokenizer,
                                           return_tensors="pt")
         pixels = pixels_for_model(images, self.image_processor, self.model) if images else None
-        check_context_length(prompt_length(input_ids, pixels, self.model), self.generate_kwargs["max_new_tokens"],
+        sizes = [image.size for image in images] if images else None
+        check_context_length(prompt_length(input_ids, pixels, self.model, sizes), self.generate_kwargs["max_new_tokens"],
                              self.context_len, "Shorten the question or lower --max_new_tokens.",
                              what=f"question {question.question_id}", option="--max_new_tokens")
         return input_ids, (pixels[0] if pixels is not None else None), (images[0].size if images else None)

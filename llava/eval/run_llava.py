@@ -59,7 +59,8 @@ def answer(tokenizer, model, image_processor, images, query: str, conv_mode: str
     input_ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")
     pixels = pixels_for_model(images, image_processor, model) if images else None
     if context_len is not None:
-        check_context_length(prompt_length(input_ids, pixels, model), max_new_tokens, context_len,
+        sizes = [image.size for image in images] if images else None
+        check_context_length(prompt_length(input_ids, pixels, model, sizes), max_new_tokens, context_len,
                              "Shorten --query, use fewer images, or lower --max-new-tokens.")
     output_ids = model.generate(
         input_ids[None].to(model.device),

@@ -26,6 +26,15 @@ PADDING_SIDES = ("left", "right")
 
 
 @dataclass
+class ImageBlock:
+    """One image's tokens, already merged by a LLaVA-NeXT layout (`llava.model.image_merge`):
+    embeds [n, D] and their kinds [n] (TOKEN_VISION / TOKEN_NEWLINE)."""
+
+    embeds: torch.Tensor
+    kinds: torch.Tensor
+
+
+@dataclass
 class MultimodalLayout:
     """Where each segment of an embedded batch lives. All tensors are on the batch's device.
 
@@ -156,7 +165,7 @@ def _check_inputs(input_ids, attention_mask, image_features, padding_side, newli
             f"The batch has {num_placeholders} image placeholder(s) (token {IMAGE_TOKEN_INDEX}) but "
             f"{len(image_features)} image(s) were given; pass one image per '<image>' in the prompt."
         )
-    sizes = {tuple(f.shape[1:]) for f in image_features}
+    sizes = {tuple(f.shape[1:]) for f in image_features if isinstance(f, torch.Tensor)}
     if len(sizes) > 1:
         raise ValueError(f"All images must give features of one shape [g*g, d]; got {sorted(sizes)}.")
 
@@ -174,8 +183,10 @@ def build_multimodal_sequence(
     """Expand image placeholders into crops and return `(inputs_embeds, labels, layout)`.
 
     input_ids: [B, L] with `IMAGE_TOKEN_INDEX` placeholders, any padding marked by attention_mask.
-    image_features: one tensor [C_i, g*g, D] per placeholder, in batch order.
-    image_newline: [D] learned token appended after every crop.
+    image_features: one tensor [C_i, g*g, D] per placeholder, in batch order; or, for LLaVA-NeXT's
+        layouts, an `ImageBlock` already merged by `llava.model.image_merge` (its tokens go in as
+        they are, at natural positions, and list no crops).
+    image_newline: [D] learned token appended after every crop (None when only blocks are given).
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -184,7 +195,8 @@ def build_multimodal_sequence(
     keep = attention_mask.bool()
     # Embed all text at once; placeholders get a dummy id and are replaced below.
     text_embeds = embed_tokens(input_ids.masked_fill(input_ids == IMAGE_TOKEN_INDEX, 0))  # [B, L, D]
-    tokens_per_crop = image_features[0].shape[1] if image_features else 0
+    crop_features = [f for f in image_features if isinstance(f, torch.Tensor)]
+    tokens_per_crop = crop_features[0].shape[1] if crop_features else 0
 
     samples, crops = [], []
     image_iter = iter(image_features)
@@ -220,7 +232,16 @@ def _expand_sample(ids, embeds, labels, image_iter, image_newline, tokens_per_cr
         prev = slot + 1
         if slot == len(ids):
             break
-        features = next(image_iter)  # [C, g*g, D]
+        features = next(image_iter)  # [C, g*g, D], or an ImageBlock
+        if isinstance(features, ImageBlock):  # merged by a LLaVA-NeXT layout: no crops to list
+            size = features.embeds.shape[0]
+            pieces["embeds"].append(features.embeds.to(embeds.dtype))
+            pieces["kinds"].append(features.kinds)
+            pieces["positions"].append(torch.arange(cursor, cursor + size))
+            if labels is not None:
+                pieces["labels"].append(torch.full((size,), IGNORE_INDEX, dtype=labels.dtype, device=labels.device))
+            cursor += size
+            continue
         num_crops, _, dim = features.shape
         newline = image_newline.to(features.dtype).expand(num_crops, 1, dim)
         block = torch.cat([features, newline], dim=1).reshape(-1, dim)  # [C*(g*g+1), D]

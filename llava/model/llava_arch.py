@@ -14,6 +14,7 @@ from transformers import initialization as init
 
 from llava.constants import IMAGE_TOKEN_INDEX
 
+from .image_merge import FLAT_NEWLINE, merge_image, uses_image_newline
 from .layout import MultimodalLayout, build_multimodal_sequence
 from .multimodal_encoder.builder import build_vision_tower
 from .multimodal_projector.builder import build_vision_projector
@@ -31,7 +32,8 @@ class LlavaMetaModel:
         if config.mm_vision_tower_config is None:
             config.mm_vision_tower_config = self.vision_tower.config.to_diff_dict()
         self.mm_projector = build_vision_projector(config)
-        self.image_newline = nn.Parameter(torch.randn(config.hidden_size) / math.sqrt(config.hidden_size))
+        if uses_image_newline(config):  # LLaVA-NeXT's flat / spatial layouts and LLaVA-1.5 have none
+            self.image_newline = nn.Parameter(torch.randn(config.hidden_size) / math.sqrt(config.hidden_size))
 
     def get_vision_tower(self):
         return getattr(self, "vision_tower", None)
@@ -91,13 +93,18 @@ class LlavaMetaForCausalLM:
         if crops and self.get_vision_tower() is None:
             raise ValueError("Images were given but the model has no vision tower (config.mm_vision_tower is empty).")
         image_features, unused_term = [], None
+        newline = getattr(self.model, "image_newline", None)
         if crops:
             features = self.encode_images(torch.cat(crops, dim=0))  # [sum C, g*g, D]
             image_features = list(features.split([c.shape[0] for c in crops], dim=0))
+            if self.config.mm_patch_merge_type != FLAT_NEWLINE:  # LLaVA-NeXT's layouts: blocks merged here
+                tower_size = self.get_vision_tower().config.image_size
+                sizes = image_sizes if image_sizes is not None else [None] * len(crops)
+                image_features = [merge_image(feature, self.config, size, newline, tower_size)
+                                  for feature, size in zip(image_features, sizes)]
         elif self.training and self.get_vision_tower() is not None:
             # Where an image batch encodes its crops, so every rank runs the modules in the same order.
             unused_term = self._unused_vision_path_term(input_ids.device)
-        newline = getattr(self.model, "image_newline", None)
         embeds, labels, layout = build_multimodal_sequence(
             input_ids,
             attention_mask,

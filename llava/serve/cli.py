@@ -140,7 +140,7 @@ class ChatSession:
         images = ", use fewer images," if self.pixels is not None else ""
         shorten = ("Start a new session (or lower --max-new-tokens)." if len(self.conversation.messages) > 2 else
                    f"Send a shorter message{images} or lower --max-new-tokens.")
-        check_context_length(prompt_length(input_ids, self.pixels, self.model), self.generate_kwargs["max_new_tokens"],
+        check_context_length(prompt_length(input_ids, self.pixels, self.model, self.image_sizes), self.generate_kwargs["max_new_tokens"],
                              self.context_len, shorten, what="The conversation", with_images=self.pixels is not None)
 
 

@@ -185,7 +185,7 @@ class WebChat:
             if "error" in outcome:
                 raise outcome["error"]
             prefill_s = streamer.first_token_at - start if streamer.first_token_at else None
-            report = prefill_report(self.model, session.last_input_ids, session.pixels, prefill_s)
+            report = prefill_report(self.model, session.last_input_ids, session.pixels, prefill_s, session.image_sizes)
             if time_dense and not self.dense:
                 time_against_dense(report, self.model, self.dense_twin(), session.last_input_ids, session.pixels,
                                    session.image_sizes)

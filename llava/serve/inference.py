@@ -30,7 +30,7 @@ from llava.mm_utils import ImageTooLargeError, load_image, process_images
 
 __all__ = ["add_answering_options", "check_answering_options", "check_context_length", "check_conv_mode", "check_device", "check_generation_options", "check_text",
            "default_conv_mode", "generation_kwargs", "load_images", "load_model", "one_line", "pixels_for_model",
-           "prompt_length", "stop_string", "with_image_placeholders"]
+           "image_tokens", "prompt_length", "stop_string", "with_image_placeholders"]
 
 logger = logging.getLogger(__name__)
 
@@ -236,15 +236,28 @@ def with_image_placeholders(text: str, num_images: int) -> str:
 # ----------------------------------------------------------------------------- the context
 
 
-def prompt_length(input_ids: torch.Tensor, pixels, model) -> int:
-    """Tokens the model's LLM reads for `input_ids` [T] with each image placeholder expanded to its
-    crops (tokens per crop + the newline token) for `pixels` (as `pixels_for_model` returns them)."""
+def image_tokens(pixels, model, image_sizes=None) -> tuple[int, int, int]:
+    """(crops, vision tokens, newline tokens) the images of `pixels` (as `pixels_for_model` returns
+    them) take in the model's sequence, under its layout (`llava.model.image_merge`); LLaVA-NeXT's
+    `spatial_unpad` needs `image_sizes` (width, height) per image."""
+    from llava.model.image_merge import image_token_counts
     from llava.model.llava_arch import split_image_crops
 
+    crops = [image.shape[0] for image in split_image_crops(pixels)]
+    tower = model.get_vision_tower()
+    sizes = image_sizes if image_sizes is not None else [None] * len(crops)
+    counts = [image_token_counts(model.config, count, tower.num_output_tokens, size, tower.config.image_size)
+              for count, size in zip(crops, sizes)]
+    return sum(crops), sum(vision for vision, _ in counts), sum(newline for _, newline in counts)
+
+
+def prompt_length(input_ids: torch.Tensor, pixels, model, image_sizes=None) -> int:
+    """Tokens the model's LLM reads for `input_ids` [T] with each image placeholder expanded to its
+    tokens (`image_tokens`) for `pixels` (as `pixels_for_model` returns them)."""
     length = int((input_ids != IMAGE_TOKEN_INDEX).sum())
     if pixels is not None:
-        tokens_per_crop = model.get_vision_tower().num_output_tokens + 1  # kept patches + newline
-        length += tokens_per_crop * sum(crops.shape[0] for crops in split_image_crops(pixels))
+        _, vision, newline = image_tokens(pixels, model, image_sizes)
+        length += vision + newline
     return length
 
 

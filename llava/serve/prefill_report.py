@@ -17,7 +17,8 @@ import torch
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.eval.flops import analytic_prefill_flops
 from llava.model.dense_twin import dense_config, is_dense
-from llava.model.llava_arch import split_image_crops
+from llava.model.image_merge import FLAT_NEWLINE
+from llava.serve.inference import image_tokens
 
 
 @dataclass
@@ -70,14 +71,14 @@ def _flops(value: int) -> str:
     return f"{value} FLOPs"
 
 
-def prompt_sizes(input_ids: torch.Tensor, pixels, model) -> tuple[int, int, int]:
+def prompt_sizes(input_ids: torch.Tensor, pixels, model, image_sizes=None) -> tuple[int, int, int]:
     """(text tokens, crops, vision tokens the LLM reads) of `input_ids` [T] with `pixels` (as
     `pixels_for_model` returns them, or None)."""
     text_tokens = int((input_ids != IMAGE_TOKEN_INDEX).sum())
     if pixels is None:
         return text_tokens, 0, 0
-    crops = sum(image.shape[0] for image in split_image_crops(pixels))
-    return text_tokens, crops, crops * model.get_vision_tower().num_output_tokens
+    crops, vision, _ = image_tokens(pixels, model, image_sizes)
+    return text_tokens, crops, vision
 
 
 def prefill_flops(config, vision_config: dict, text_tokens: int, crops: int) -> int:
@@ -105,11 +106,15 @@ def timed_prefill(model, input_ids: torch.Tensor, pixels, image_sizes) -> float:
     return time.perf_counter() - start
 
 
-def prefill_report(model, input_ids: torch.Tensor, pixels, prefill_s: float | None = None) -> PrefillReport:
+def prefill_report(model, input_ids: torch.Tensor, pixels, prefill_s: float | None = None,
+                   image_sizes=None) -> PrefillReport:
     """The sizes and FLOPs of prefilling `input_ids` [T] with `pixels` on `model`."""
-    text_tokens, crops, vision_tokens = prompt_sizes(input_ids, pixels, model)
+    text_tokens, crops, vision_tokens = prompt_sizes(input_ids, pixels, model, image_sizes)
     report = PrefillReport(crops, vision_tokens, text_tokens, prefill_s)
     vision_config = model.get_vision_tower().config.to_dict() if crops else {}
+    if crops and model.config.mm_patch_merge_type != FLAT_NEWLINE:
+        report.flops_problem = f"counted for the {FLAT_NEWLINE} layout only, not {model.config.mm_patch_merge_type}"
+        return report
     try:
         report.flops = prefill_flops(model.config, vision_config, text_tokens, crops)
         if not is_dense(model.config):

@@ -41,7 +41,7 @@ class ModelArguments:
     mm_projector_type: str = "mlp2x_gelu"
     mm_use_im_start_end: bool = False
     mm_use_im_patch_token: bool = False
-    mm_patch_merge_type: str = "spatial_unpad"
+    mm_patch_merge_type: str = "flat_newline"
     mm_tunable_parts: str | None = field(
         default=None,
         metadata={"help": "comma list of mm_mlp_adapter, mm_vision_mlp, mm_language_model, mm_vision_tower"},
@@ -72,7 +72,7 @@ class ModelArguments:
     pyramid_drop_ratio: float = field(default=0.5, metadata={"help": "PyramidDrop: fraction of vision tokens kept per drop"})
 
     def __post_init__(self):
-        from llava.model.language_model.llava_decoder import PATCH_MERGE_TYPES
+        from llava.model.image_merge import FLAT_NEWLINE, LLAVA_NEXT_MERGE_TYPES
         from llava.model.proxyv.variants import PROXYV_VARIANTS
         from llava.model.reduction.visionzip import VISION_TOKEN_REDUCTIONS
         from llava.train.check_data import check_template
@@ -80,7 +80,12 @@ class ModelArguments:
         check_template(self.version)
         _check_choice("--attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         _check_choice("--proxyv_variant", self.proxyv_variant, PROXYV_VARIANTS)
-        _check_choice("--mm_patch_merge_type", self.mm_patch_merge_type, PATCH_MERGE_TYPES)
+        if self.mm_patch_merge_type in LLAVA_NEXT_MERGE_TYPES:
+            raise UsageError(f"--mm_patch_merge_type {self.mm_patch_merge_type}: training builds the "
+                             f"'{FLAT_NEWLINE}' layout (each crop's tokens, then a newline; what ProxyV and the "
+                             f"authors' release use); LLaVA-NeXT's layouts are for running its official checkpoints. "
+                             f"Pass --mm_patch_merge_type {FLAT_NEWLINE} or leave it out.")
+        _check_choice("--mm_patch_merge_type", self.mm_patch_merge_type, (FLAT_NEWLINE,))
         if self.vision_token_reduction not in NO_REDUCTION:
             _check_choice("--vision_token_reduction", self.vision_token_reduction, (*VISION_TOKEN_REDUCTIONS, "none"))
         projector = self.mm_projector_type

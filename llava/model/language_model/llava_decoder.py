@@ -13,6 +13,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..backends import require_masks_supported
+from ..image_merge import FLAT_NEWLINE, PATCH_MERGE_TYPES, merge_type_of_saved_config
 from ..layout import MultimodalLayout
 from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 from ..masks import additive_mask, position_causal_visibility
@@ -22,7 +23,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_GRID_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 IMAGE_ASPECT_RATIOS = ("anyres", "pad", "square")
-PATCH_MERGE_TYPES = ("spatial_unpad", "spatial", "flat")
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -55,7 +55,7 @@ class LlavaConfigFields:
     mm_projector_type: str = "mlp2x_gelu"
     mm_vision_select_layer: int = -2
     mm_vision_select_feature: str = "patch"
-    mm_patch_merge_type: str = "spatial_unpad"
+    mm_patch_merge_type: str = FLAT_NEWLINE
     image_aspect_ratio: str = "anyres"
     image_grid_pinpoints: list | str | None = None
     mm_use_im_start_end: bool = False
@@ -82,8 +82,12 @@ class LlavaConfigFields:
         if self.image_grid_pinpoints is None:
             self.image_grid_pinpoints = [list(p) for p in DEFAULT_GRID_PINPOINTS]
         _check_choice("image_newline_positions", self.image_newline_positions, ("natural", "release"))
+        if str(self.image_aspect_ratio).startswith("anyres_max"):
+            raise ValueError(f"image_aspect_ratio '{self.image_aspect_ratio}' (LLaVA-OneVision's capped AnyRes) is not "
+                             f"supported; known: {', '.join(IMAGE_ASPECT_RATIOS)}.")
         _check_choice("image_aspect_ratio", self.image_aspect_ratio, IMAGE_ASPECT_RATIOS)
         _check_choice("mm_patch_merge_type", self.mm_patch_merge_type, PATCH_MERGE_TYPES)
+        self._check_layout_supports_decoder()
         _check_choice("tokenizer_padding_side", self.tokenizer_padding_side, ("right", "left"))
         if self.mm_use_im_start_end:
             raise ValueError("mm_use_im_start_end=True is not supported; LLaVA-NeXT and ProxyV train with False.")
@@ -92,6 +96,33 @@ class LlavaConfigFields:
             raise ValueError(f"{', '.join(study_keys)} are options of the ProxyV decoder, which this baseline config "
                              "would ignore: build the family's ProxyV config (e.g. LlavaProxyVConfig) instead.")
         super().__post_init__(**kwargs)
+
+
+    def _check_layout_supports_decoder(self) -> None:
+        """ProxyV, VisionZip and PyramidDrop need the flat_newline layout (they find crops by position)."""
+        if self.mm_patch_merge_type == FLAT_NEWLINE:
+            return
+        users = [name for name, used in (("ProxyV", getattr(self, "proxyv_start_layer", None) is not None),
+                                         ("VisionZip", self.vision_token_reduction is not None),
+                                         ("PyramidDrop", bool(self.pyramid_drop_layers))) if used]
+        if users:
+            raise ValueError(f"mm_patch_merge_type '{self.mm_patch_merge_type}' is a LLaVA-NeXT layout, but "
+                             f"{' and '.join(users)} run on the '{FLAT_NEWLINE}' layout (each crop's tokens, then a "
+                             f"newline); set mm_patch_merge_type '{FLAT_NEWLINE}'.")
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """A saved config, its layout read as `llava.model.image_merge.merge_type_of_saved_config` says."""
+        config_dict = {**config_dict, "mm_patch_merge_type": merge_type_of_saved_config(config_dict)}
+        return super().from_dict(config_dict, **kwargs)
+
+    def to_dict(self) -> dict:
+        """The newline scheme is written for the flat_newline layout only: a config without it (and
+        without `proxyv`) is read back as LLaVA-NeXT's layout, as LLaVA-NeXT's own configs are."""
+        values = super().to_dict()
+        if values.get("mm_patch_merge_type") != FLAT_NEWLINE:
+            values.pop("image_newline_positions", None)
+        return values
 
 
 class LlavaDecoderModel(LlavaMetaModel):

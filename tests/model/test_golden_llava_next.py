@@ -1,0 +1,101 @@
+"""Golden outputs of LLaVA-NeXT's own code for tiny checkpoints in the official LLaVA-1.5 and
+LLaVA-1.6 formats (Vicuna and Mistral; `pad`, `spatial_unpad` and `spatial`).
+
+`tests/data/golden_llava_next/` holds the checkpoints and what LLaVA-VL/LLaVA-NeXT (df17966,
+transformers 4.41.2, fp32, eager) computed for them: loss, last-token logits, every 61st row's
+logits and 6 greedy tokens, for five images of different aspect ratios (two of which AnyRes pads,
+so `spatial_unpad` cuts rows or columns). `make_llava_next_golden.py` there says how they were made.
+Our builder must load each as the plain baseline of its family with exactly the file's tensors,
+build the layout its config names (read by `merge_type_of_saved_config`), and reproduce those
+numbers to 1e-4 with pixels from our own `process_images`.
+"""
+
+import json
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig
+
+from llava.model.builder import load_pretrained_model
+from llava.model.image_merge import image_token_counts
+from tests.golden_helpers import assert_all_weights_from_file, case_id, copy_golden_checkpoints
+from tests.paths import GOLDEN
+
+FOLDER = Path(__file__).resolve().parents[1] / "data" / "golden_llava_next"
+CLIP = GOLDEN / "clip"
+DOCUMENT = json.loads((FOLDER / "cases.json").read_text())
+CASES = DOCUMENT["cases"]
+CHECKPOINTS = sorted({case["checkpoint"] for case in CASES})
+ATOL = 1e-4
+LAYOUTS = {"llava15_vicuna": ("flat", "pad", False), "llava16_vicuna": ("spatial_unpad", "anyres", True),
+           "llava16_vicuna_spatial": ("spatial", "anyres", False), "llava16_mistral": ("spatial_unpad", "anyres", True)}
+
+pytestmark = pytest.mark.skipif(not CLIP.is_dir(), reason="the shared golden tiny CLIP folder is not present")
+
+
+@pytest.fixture(scope="module")
+def golden_dirs(tmp_path_factory):
+    return copy_golden_checkpoints(CHECKPOINTS, FOLDER, CLIP, tmp_path_factory.mktemp("golden_llava_next"))
+
+
+@pytest.fixture(scope="module")
+def loaded(golden_dirs):
+    @cache
+    def load(name, impl):
+        _, model, processor, _ = load_pretrained_model(str(golden_dirs[name]), None, None, device="cpu",
+                                                       attn_implementation=impl)
+        return model, processor
+
+    return load
+
+
+def _inputs(case, model, processor):
+    from PIL import Image
+
+    from llava.serve.inference import pixels_for_model
+
+    image = Image.open(FOLDER / case["image"]).convert("RGB")
+    return pixels_for_model([image], processor, model), [tuple(case["image_size"])]
+
+
+@pytest.mark.parametrize("name", CHECKPOINTS)
+def test_loads_as_the_family_baseline_with_its_layout(name, loaded, golden_dirs):
+    model, _ = loaded(name, "eager")
+    merge_type, aspect, has_newline = LAYOUTS[name]
+    assert (model.config.mm_patch_merge_type, model.config.image_aspect_ratio) == (merge_type, aspect)
+    assert hasattr(model.model, "image_newline") == has_newline
+    assert type(model).__name__ == ("LlavaMistralForCausalLM" if "mistral" in name else "LlavaLlamaForCausalLM")
+    assert_all_weights_from_file(model, FOLDER / name)
+    model.config.save_pretrained(golden_dirs[name] / "resaved")  # our save keeps the layout it read
+    assert AutoConfig.from_pretrained(golden_dirs[name] / "resaved").mm_patch_merge_type == merge_type
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_golden_llava_next_outputs(case, impl, loaded):
+    model, processor = loaded(case["checkpoint"], impl)
+    pixels, sizes = _inputs(case, model, processor)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([case["input_ids"]]), labels=torch.tensor([case["labels"]]),
+                    images=pixels, image_sizes=sizes, use_cache=False)
+    assert out.logits.shape[1] == case["seq_len"]
+    tower = model.get_vision_tower()
+    counts = image_token_counts(model.config, case["num_crops"], tower.num_patches, sizes[0], tower.config.image_size)
+    assert sum(counts) + len(case["input_ids"]) - 1 == case["seq_len"]
+    torch.testing.assert_close(out.loss, torch.tensor(case["loss"]), atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.logits[0, -1], torch.tensor(case["last_logits"]), atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.logits[0, case["rows"]], torch.tensor(case["row_logits"]), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_golden_llava_next_greedy_generation(case, loaded):
+    model, processor = loaded(case["checkpoint"], "sdpa")
+    pixels, sizes = _inputs(case, model, processor)
+    prompt = torch.tensor([case["prompt_ids"]])
+    with torch.no_grad():
+        generated = model.generate(prompt, images=pixels, image_sizes=sizes, attention_mask=torch.ones_like(prompt),
+                                   do_sample=False, num_beams=1, max_new_tokens=len(case["generated_ids"]),
+                                   pad_token_id=3, use_cache=True)
+    assert generated[0].tolist()[: len(case["generated_ids"])] == case["generated_ids"]
