@@ -37,7 +37,9 @@ from llava.errors import (
 from llava.model import family_for_model_type
 from llava.model.assemble import build_llava_from_llm
 from llava.model.builder import load_image_processor
+from llava.model.image_merge import FLAT_NEWLINE
 from llava.model.model_registry import causal_lm_class_for_config, config_for_class
+from llava.model.multimodal_encoder.clip_encoder import CLIP_TOWER_TYPES
 from llava.model.projector_weights import load_mm_projector_weights
 from llava.model.proxyv.study import start_layer_for_mask_ratio
 from llava.model.zero3_params import is_partitioned
@@ -124,6 +126,11 @@ def build_model(model_args, data_args, training_args):
                          f"({short_reason(error, 160)}); give a model folder or a hub name.") from error
     if family_for_model_type(source_config.model_type) is not None:  # a LLaVA checkpoint of any family
         _check_checkpoint_variant(source_config, model_args)
+        if source_config.mm_patch_merge_type != FLAT_NEWLINE:
+            raise UsageError(f"--model_name_or_path {model_args.model_name_or_path} uses LLaVA-NeXT's "
+                             f"'{source_config.mm_patch_merge_type}' layout, which the models run but training does "
+                             f"not (its data pipeline counts '{FLAT_NEWLINE}' tokens); start from its language model "
+                             "and vision tower instead.")
         source_config = _with_token_reduction(source_config, model_args)
         model_class = causal_lm_class_for_config(source_config)
         config = config_for_class(source_config, model_class)
@@ -210,15 +217,12 @@ def _check_model_files(path: str | None, option: str) -> None:
         read_safetensors_header(weights)
 
 
-VISION_TOWER_TYPES = ("clip", "clip_vision_model")
-
-
 def _check_vision_tower(path: str | None) -> None:
     """A local `--vision_tower` folder holds a CLIP vision model with its image processor settings."""
     if not path or not os.path.isdir(path):
         return
     model_type = read_json_file(os.path.join(path, "config.json"), "--vision_tower config").get("model_type")
-    if model_type not in VISION_TOWER_TYPES:
+    if model_type not in CLIP_TOWER_TYPES:
         raise UsageError(f"--vision_tower {path} holds a {model_type!r} model, not a CLIP vision tower; point it at "
                          "a CLIP model folder (e.g. openai/clip-vit-large-patch14-336).")
     if not os.path.isfile(os.path.join(path, "preprocessor_config.json")):

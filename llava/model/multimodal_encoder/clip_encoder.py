@@ -11,6 +11,7 @@ import logging
 import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers.configuration_utils import PreTrainedConfig
 
 from ..reduction.visionzip import (
     VISION_TOKEN_REDUCTIONS,
@@ -23,6 +24,16 @@ from ..zero3_params import copy_into, full_state
 logger = logging.getLogger(__name__)
 
 SELECT_FEATURES = ("patch", "cls_patch")
+CLIP_TOWER_TYPES = ("clip", "clip_vision_model")  # a whole CLIP model's config, or its vision part's
+
+
+def check_tower_type(name: str, values: dict) -> None:
+    """A ValueError naming `mm_vision_tower` when its config is not a CLIP vision tower's (LLaVA-OneVision's
+    SigLIP, EVA-CLIP, ...): no other tower is implemented, and loading one as CLIP would be silently wrong."""
+    model_type = values.get("model_type", "clip_vision_model")
+    if model_type not in CLIP_TOWER_TYPES:
+        raise ValueError(f"mm_vision_tower {name} is a {model_type!r} vision tower; only CLIP towers are supported "
+                         "(SigLIP and EVA towers, e.g. LLaVA-OneVision's, are not).")
 
 
 class CLIPVisionTower(nn.Module):
@@ -47,6 +58,7 @@ class CLIPVisionTower(nn.Module):
         self.vision_tower_name = vision_tower_name
         self.select_layer = select_layer
         self.select_feature = select_feature
+        check_tower_type(vision_tower_name, vision_config or PreTrainedConfig.get_config_dict(vision_tower_name)[0])
         if vision_config is not None:
             config = CLIPVisionConfig(**vision_config)
         else:
