@@ -19,7 +19,6 @@ import sys
 
 import torch
 import transformers
-from transformers import AutoConfig
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from llava.errors import (
@@ -38,7 +37,7 @@ from llava.model import family_for_model_type
 from llava.model.assemble import build_llava_from_llm
 from llava.model.builder import load_image_processor
 from llava.model.image_merge import FLAT_NEWLINE
-from llava.model.model_registry import causal_lm_class_for_config, config_for_class
+from llava.model.model_registry import causal_lm_class_for_config, config_for_class, read_llava_config
 from llava.model.multimodal_encoder.clip_encoder import CLIP_TOWER_TYPES
 from llava.model.projector_weights import load_mm_projector_weights
 from llava.model.proxyv.study import start_layer_for_mask_ratio
@@ -120,7 +119,7 @@ def build_model(model_args, data_args, training_args):
     quantization = quantization_config(training_args, dtype)  # QLoRA (--bits 4/8), else None
     load_options = {"quantization_config": quantization} if quantization is not None else {}
     try:
-        source_config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+        source_config = read_llava_config(model_args.model_name_or_path)
     except (OSError, ValueError) as error:
         raise UsageError(f"--model_name_or_path {model_args.model_name_or_path}: its config cannot be loaded "
                          f"({short_reason(error, 160)}); give a model folder or a hub name.") from error

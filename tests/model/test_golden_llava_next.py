@@ -11,6 +11,7 @@ numbers to 1e-4 with pixels from our own `process_images`.
 """
 
 import json
+import shutil
 from functools import cache
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 import torch
 from transformers import AutoConfig
 
+from llava.errors import UsageError
 from llava.model.builder import load_pretrained_model
 from llava.model.image_merge import image_token_counts
 from tests.golden_helpers import assert_all_weights_from_file, case_id, copy_golden_checkpoints
@@ -99,3 +101,22 @@ def test_golden_llava_next_greedy_generation(case, loaded):
                                    do_sample=False, num_beams=1, max_new_tokens=len(case["generated_ids"]),
                                    pad_token_id=3, use_cache=True)
     assert generated[0].tolist()[: len(case["generated_ids"])] == case["generated_ids"]
+
+
+def test_llava_15_model_type_llava_loads_as_llava_llama(golden_dirs, loaded):
+    """liuhaotian/llava-v1.5-* configs say model_type "llava" (haotian-liu/LLaVA's name before
+    "llava_llama"); Hugging Face's llava-hf format, which also says "llava", is refused by name."""
+    folder = golden_dirs["llava15_vicuna"].parent / "llava15_model_type_llava"
+    shutil.copytree(golden_dirs["llava15_vicuna"], folder)
+    values = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**values, "model_type": "llava"}))
+    _, model, processor, _ = load_pretrained_model(str(folder), None, None, device="cpu", attn_implementation="eager")
+    assert type(model).__name__ == "LlavaLlamaForCausalLM" and model.config.mm_patch_merge_type == "flat"
+    case = next(case for case in CASES if case["checkpoint"] == "llava15_vicuna")
+    pixels, sizes = _inputs(case, model, processor)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([case["input_ids"]]), images=pixels, image_sizes=sizes, use_cache=False)
+    torch.testing.assert_close(out.logits[0, -1], torch.tensor(case["last_logits"]), atol=ATOL, rtol=0)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llava", "text_config": {"model_type": "llama"}}))
+    with pytest.raises(UsageError, match="Hugging Face's LLaVA format"):
+        load_pretrained_model(str(folder), None, None, device="cpu")
