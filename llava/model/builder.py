@@ -39,7 +39,7 @@ from .lora_weights import (
     merge_lora_adapter,
     without_quantization,
 )
-from .model_registry import causal_lm_class_for_config, check_model_type, config_for_class
+from .model_registry import causal_lm_class_for_config, check_model_type, config_for_class, read_llava_config
 from .projector_weights import load_mm_projector_weights
 
 logger = logging.getLogger(__name__)
@@ -256,6 +256,21 @@ def check_checkpoint_files(model_path: str, model_base: str | None = None) -> No
         _check_tokenizer(files_folder, model_base is not None)
 
 
+def read_customized_config(customized_config):
+    """`customized_config` as a config object: given one, it is returned; given a path (lmms-eval's
+    `--model_args customized_config=my_config.json` passes the string, which LLaVA-NeXT's builder
+    hands to `from_pretrained(config=...)`), the config JSON file, or folder with a config.json, is read."""
+    if not isinstance(customized_config, (str, os.PathLike)):
+        return customized_config
+    path = os.path.expanduser(os.fspath(customized_config))
+    if not os.path.exists(path):
+        raise UsageError(f"customized_config {path} does not exist; give a config JSON file or a folder with "
+                         "a config.json.")
+    read_json_file(os.path.join(path, "config.json") if os.path.isdir(path) else path, "customized_config")
+    with _model_type_is_usage_error():
+        return AutoConfig.from_pretrained(path)
+
+
 def load_pretrained_model(
     model_path: str,
     model_base: str | None = None,
@@ -279,7 +294,7 @@ def load_pretrained_model(
     kwargs.pop("multimodal", None)  # lmms-eval passes it; every model here is multimodal
     if kwargs.pop("use_flash_attention_2", False):  # older LLaVA / lmms-eval spelling
         attn_implementation = "flash_attention_2"
-    customized_config = kwargs.pop("customized_config", None)
+    customized_config = read_customized_config(kwargs.pop("customized_config", None))
     check_checkpoint_files(model_path, model_base)
     if isinstance(device_map, str) and device_map != "auto":
         device = device_map  # "cpu", "cuda", "cuda:1": one device, as LLaVA's builder means it
@@ -289,7 +304,7 @@ def load_pretrained_model(
     dtype = resolve_dtype(torch_dtype, device)
     with _model_type_is_usage_error():
         check_model_type(model_path)
-    config = customized_config if customized_config is not None else AutoConfig.from_pretrained(model_path)
+    config = customized_config if customized_config is not None else read_llava_config(model_path)
     for key, value in (overwrite_config or {}).items():
         setattr(config, key, value)
     attn = resolve_attn_implementation(attn_implementation, config)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers import AutoConfig
 
+from llava.errors import UsageError
 from llava.eval.prefill_benchmark import main as benchmark_main
 from llava.eval.presets import load_model_spec
 from llava.eval.run_llava import build_prompt
@@ -303,6 +304,23 @@ def test_baseline_checkpoint_runs_training_free_masking(tiny_assets):
     torch.testing.assert_close(model.state_dict(), baseline.state_dict())  # no new weights, all loaded
     cached = _tiny_answer_ids(model, tokenizer, processor, tiny_assets, use_cache=True)
     assert cached.tolist() == _tiny_answer_ids(model, tokenizer, processor, tiny_assets, use_cache=False).tolist()
+
+
+def test_customized_config_may_be_a_json_path(tiny_assets, tmp_path):
+    """lmms-eval's `--model_args customized_config=x.json` passes a path: it loads as the config object does."""
+    config = AutoConfig.from_pretrained(tiny_assets.llava)
+    values = {k: v for k, v in config.to_dict().items() if k != "model_type"}
+    custom = LlavaProxyVConfig(**values, proxyv_variant="mask_vision_attention", vision_mask_ratio=0.5)
+    custom.to_json_file(tmp_path / "custom.json")
+    _, from_object, _, _ = load_pretrained_model(str(tiny_assets.llava), None, None, device="cpu",
+                                                 customized_config=custom)
+    _, from_path, _, _ = load_pretrained_model(str(tiny_assets.llava), None, None, device="cpu",
+                                               customized_config=str(tmp_path / "custom.json"))
+    assert type(from_path) is type(from_object) is LlavaProxyVLlamaForCausalLM
+    assert from_path.config.to_dict() == from_object.config.to_dict()
+    with pytest.raises(UsageError, match="customized_config .*missing.json does not exist"):
+        load_pretrained_model(str(tiny_assets.llava), None, None, device="cpu",
+                              customized_config=str(tmp_path / "missing.json"))
 
 
 # ----------------------------------------------------------------------------- benchmark rows
