@@ -33,6 +33,7 @@ from llava.errors import DamagedInputError, one_line, read_json_file, read_safet
 from llava.model.assemble import build_llava_from_llm
 
 from .dataset import generate_tiny_dataset, iter_dataset_texts
+from .eval_split import PER_CATEGORY, QUESTIONS_FILENAME, generate_eval_split
 from .models import build_tiny_clip, build_tiny_llm, tiny_clip_image_processor
 from .pretrain_llm import pretrain_tiny_llm
 from .tokenizer import tiny_tokenizer_corpus, train_tiny_tokenizer
@@ -77,6 +78,15 @@ class TinyAssets:
     @property
     def clip(self) -> Path:
         return self.root / "tiny-clip-vit-336"
+
+    @property
+    def eval(self) -> Path:
+        """The held-out evaluation split (`llava.tiny.eval_split`): new scenes, questions by category."""
+        return self.root / "eval"
+
+    @property
+    def eval_questions(self) -> Path:
+        return self.eval / QUESTIONS_FILENAME
 
     @property
     def llava(self) -> Path:
@@ -298,8 +308,13 @@ def build_tiny_assets(root: str | Path = DEFAULT_TINY_DIR, seed: int = 0,
     def build_clip():
         build_tiny_clip(assets.clip, seed=seed)
 
+    def build_eval():
+        return generate_eval_split(assets.eval, assets.data / "images", PER_CATEGORY, seed=seed)
+
     data_id = _ensure(assets.data, build_data, {"seed": seed}, extra_check=lambda: _data_problem(assets),
                       content_id=True, remove_on_rebuild=False)  # the data folder may hold the user's own files
+    _ensure(assets.eval, build_eval, {"seed": seed, "per_category": PER_CATEGORY}, {"data": data_id},
+            extra_check=lambda: None if assets.eval_questions.is_file() else f"{assets.eval_questions} is missing")
     llm_id = _ensure(assets.llm, build_llm, llm_settings, {"data": data_id})
     if family != "llama":
         _ensure(assets.family_llm(family), build_family_llm, {**llm_settings, "family": family},
@@ -312,3 +327,4 @@ def build_tiny_assets(root: str | Path = DEFAULT_TINY_DIR, seed: int = 0,
             {"seed": seed, "proxyv_start_layer": TINY_PROXYV_START_LAYER}, parents)
     logger.info("Tiny assets are ready in %s", assets.root)
     return assets
+

@@ -222,27 +222,54 @@ def describe_scene(scene: Scene) -> str:
     return caption
 
 
+def background_question(scene: Scene) -> tuple[str, str]:
+    return "What color is the background?", scene.background.capitalize() + "."
+
+
+def object_color_question(obj: SceneObject) -> tuple[str, str]:
+    return f"What color is the object {position_phrase(obj.position)}?", obj.color.capitalize() + "."
+
+
+def shape_question(obj: SceneObject) -> tuple[str, str]:
+    return f"What shape is {position_phrase(obj.position)}?", f"{_article(obj.shape).capitalize()} {obj.shape}."
+
+
+def count_question(scene: Scene) -> tuple[str, str]:
+    return "How many shapes are there in the image?", f"{len(scene.objects)}."
+
+
+def position_question(obj: SceneObject) -> tuple[str, str]:
+    where = position_phrase(obj.position)
+    return f"Where is the {obj.color} {obj.shape}?", where[0].upper() + where[1:] + "."
+
+
+def text_present_question(scene: Scene) -> tuple[str, str]:
+    return "Is there any text in the image?", "Yes." if scene.text and scene.text_position else "No."
+
+
+def text_reading_question(scene: Scene) -> tuple[str, str]:
+    return "What text is written in the image?", scene.text or ""
+
+
+def _unique_kinds(scene: Scene) -> list[SceneObject]:
+    """The objects no other object shares colour and shape with (so "the red circle" names one)."""
+    kinds = [(o.color, o.shape) for o in scene.objects]
+    return [o for o in scene.objects if kinds.count((o.color, o.shape)) == 1]
+
+
 def _color_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
-    pairs = []
-    obj = rng.choice(scene.objects)
-    pairs.append((f"What color is the object {position_phrase(obj.position)}?", obj.color.capitalize() + "."))
+    pairs = [object_color_question(rng.choice(scene.objects))]
     shapes = [o.shape for o in scene.objects]
     unique = [o for o in scene.objects if shapes.count(o.shape) == 1]
     if unique:
         obj = rng.choice(unique)
         pairs.append((f"What color is the {obj.shape}?", obj.color.capitalize() + "."))
-    pairs.append(("What color is the background?", scene.background.capitalize() + "."))
+    pairs.append(background_question(scene))
     return pairs
 
 
 def _shape_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
-    obj = rng.choice(scene.objects)
-    pairs = [
-        (
-            f"What shape is {position_phrase(obj.position)}?",
-            f"{_article(obj.shape).capitalize()} {obj.shape}.",
-        )
-    ]
+    pairs = [shape_question(rng.choice(scene.objects))]
     if rng.random() < 0.5:
         asked = rng.choice(scene.objects)
         color, shape = asked.color, asked.shape
@@ -255,12 +282,9 @@ def _shape_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
 
 def _position_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
     pairs = []
-    kinds = [(o.color, o.shape) for o in scene.objects]
-    unique = [o for o in scene.objects if kinds.count((o.color, o.shape)) == 1]
+    unique = _unique_kinds(scene)
     if unique:
-        obj = rng.choice(unique)
-        where = position_phrase(obj.position)
-        pairs.append((f"Where is the {obj.color} {obj.shape}?", where[0].upper() + where[1:] + "."))
+        pairs.append(position_question(rng.choice(unique)))
     cell = rng.choice(list(POSITIONS))
     occupied = scene.object_at(cell) is not None
     pairs.append((f"Is there a shape {position_phrase(cell)}?", "Yes." if occupied else "No."))
@@ -270,21 +294,40 @@ def _position_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str
 def _count_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
     shape = rng.choice(SHAPES)
     num_shape = sum(o.shape == shape for o in scene.objects)
-    return [
-        ("How many shapes are there in the image?", f"{len(scene.objects)}."),
-        (f"How many {shape}s are there?", f"{num_shape}."),
-    ]
+    return [count_question(scene), (f"How many {shape}s are there?", f"{num_shape}.")]
 
 
 def _text_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
     if not scene.text or not scene.text_position:
-        return [("Is there any text in the image?", "No.")]
+        return [text_present_question(scene)]
     where = position_phrase(scene.text_position)
     return [
-        ("What text is written in the image?", scene.text),
+        text_reading_question(scene),
         ("Where is the text written?", where[0].upper() + where[1:] + "."),
-        ("Is there any text in the image?", "Yes."),
+        text_present_question(scene),
     ]
+
+
+EVAL_CATEGORIES = ("background", "shape", "object_color", "count", "position", "text_present", "text_reading")
+
+
+def category_questions(scene: Scene, rng: random.Random) -> dict[str, tuple[str, str]]:
+    """One (question, answer) per evaluation category that the scene can answer, phrased exactly as
+    the training questions are: text reading only with text, position only for an object whose
+    colour and shape no other object shares."""
+    unique = _unique_kinds(scene)
+    questions = {
+        "background": background_question(scene),
+        "shape": shape_question(rng.choice(scene.objects)),
+        "object_color": object_color_question(rng.choice(scene.objects)),
+        "count": count_question(scene),
+        "text_present": text_present_question(scene),
+    }
+    if unique:
+        questions["position"] = position_question(rng.choice(unique))
+    if scene.text and scene.text_position:
+        questions["text_reading"] = text_reading_question(scene)
+    return questions
 
 
 QA_GENERATORS = (_color_questions, _shape_questions, _position_questions, _count_questions, _text_questions)
