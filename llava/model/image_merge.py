@@ -13,8 +13,9 @@
 
 Which one a saved config means (`merge_type_of_saved_config`): our older saves and the authors'
 release say `spatial_unpad` but were built flat with a newline per crop; they carry
-`image_newline_positions` (ours) or `proxyv` (theirs), which LLaVA-NeXT's configs never do. A config
-without `mm_patch_merge_type` is LLaVA's default, `flat`.
+`image_newline_positions` (ours) or `proxyv` (theirs), which LLaVA-NeXT's configs never do. A LLaVA
+config without `mm_patch_merge_type` is LLaVA's default, `flat`; a plain language model's config
+(no `mm_vision_tower`) read into a LLaVA class keeps ours.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def merge_type_of_saved_config(values: dict) -> str:
     saved = values.get("mm_patch_merge_type")
     if saved == FLAT_NEWLINE or "image_newline_positions" in values or values.get("proxyv") is not None:
         return FLAT_NEWLINE
+    if "mm_vision_tower" not in values:  # a plain LLM's config read into a LLaVA class (PEFT does): our default
+        return saved or FLAT_NEWLINE
     return saved or "flat"
 
 

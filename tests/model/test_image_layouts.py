@@ -28,7 +28,13 @@ PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
     ({"mm_patch_merge_type": "flat_newline"}, "flat_newline"),  # ours from now on
 ])
 def test_the_layout_a_saved_config_means(values, expected):
-    assert merge_type_of_saved_config(values) == expected
+    assert merge_type_of_saved_config({"mm_vision_tower": "openai/clip-vit-large-patch14-336", **values}) == expected
+
+
+def test_a_plain_llm_config_read_into_a_proxyv_class_keeps_our_layout(tiny_assets):
+    """PEFT reads the base LLM's config.json with the model's own config class when it saves."""
+    config = FAMILIES["llama"].proxyv_config.from_pretrained(tiny_assets.llm)
+    assert config.mm_patch_merge_type == "flat_newline"
 
 
 def test_configs_read_and_write_their_layout(tmp_path):
