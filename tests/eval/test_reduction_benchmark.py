@@ -42,6 +42,6 @@ def test_cpu_run_times_prefill_train_and_decode(tmp_path, model):
     over the staged PyramidDrop cache (cropped back after each step)."""
     path = tmp_path / "result.json"
     assert main(["--model", model, "--proxyv-start-layers", "2", "--variants", ",".join(FAMILIES), "--device", "cpu",
-                 "--repeats", "2", "--warmup", "0", "--json", str(path)]) == 0
+                 "--repeats", "2", "--warmup", "0", "--crops", "2", "--json", str(path)]) == 0
     for row in json.loads(path.read_text())["rows"]:
         assert row["prefill_time_s"] > 0 and row["train_step_time_s"] > 0 and row["decode_step_time_s"] > 0, row
