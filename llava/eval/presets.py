@@ -18,6 +18,7 @@ from transformers import CLIPVisionConfig
 
 from llava.model import FAMILIES, family_for_model_type
 from llava.model.dense_twin import NOT_CONFIG_KEYS, REDUCTION_KEYS
+from llava.model.image_merge import FLAT_NEWLINE
 from llava.model.language_model.proxyv_decoder import PROXYV_CONFIG_KEYS
 from llava.tiny.models import TINY_CLIP_CONFIG, TINY_FAMILY_OVERRIDES, TINY_LLM_CONFIG
 
@@ -210,6 +211,9 @@ def _llava_spec(name: str, raw: dict, family: str) -> ModelSpec:
     # The authors' configs carry `proxyv` and no scheme key, which means the release scheme.
     values.setdefault("image_newline_positions", "release" if "proxyv" in raw else "natural")
     values["mm_vision_tower_config"] = _tower_config(values)
+    # The benchmark's rows (ProxyV, VisionZip, PyramidDrop and their baseline) run on ProxyV's layout;
+    # an official LLaVA-1.6 config names LLaVA-NeXT's, whose token count the rows could not share.
+    values["mm_patch_merge_type"] = FLAT_NEWLINE
     values.setdefault("mm_hidden_size", values["mm_vision_tower_config"]["hidden_size"])
     options = {k: raw[k] for k in PROXYV_OPTION_KEYS if raw.get(k) is not None}
     if "proxyv" in raw and "learned_proxy_guidance" not in options:  # the authors' config: their family's way

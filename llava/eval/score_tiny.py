@@ -132,6 +132,10 @@ def main(argv=None) -> int:
     if args.model_path is not None:
         from llava.eval import model_vqa
 
+        if os.path.isfile(args.answers_file):
+            logger.warning("%s exists: its answers are reused and only missing questions are answered; delete it "
+                           "to answer everything again (e.g. after retraining the model in place).", args.answers_file)
+
         vqa_args = ["--model-path", args.model_path, "--question-file", args.question_file,
                     "--image-folder", os.path.dirname(os.path.abspath(args.question_file)),
                     "--answers-file", args.answers_file, "--temperature", "0", "--max_new_tokens", "16",

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import torch
 from safetensors import SafetensorError
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoTokenizer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from llava.errors import (
@@ -268,7 +268,7 @@ def read_customized_config(customized_config):
                          "a config.json.")
     read_json_file(os.path.join(path, "config.json") if os.path.isdir(path) else path, "customized_config")
     with _model_type_is_usage_error():
-        return AutoConfig.from_pretrained(path)
+        return read_llava_config(path)
 
 
 def load_pretrained_model(

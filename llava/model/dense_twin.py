@@ -5,7 +5,8 @@ cost on the same input (the web demo's "against the dense model" line).
 `dense_config(config)` drops the ProxyV and token-reduction keys and keeps everything else, including
 the newline scheme, so the twin sees the same sequence. `dense_twin(model)` builds the family's
 baseline class on the meta device and assigns `model`'s own tensors to it: no weight is copied, so
-the twin costs no memory and follows any later change to the weights.
+the twin costs no memory and sees in-place changes to the weights (after `model.to(...)` or replaced
+parameters, build it again).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ NOT_CONFIG_KEYS = ("model_type", "architectures", "transformers_version", "_name
 
 def is_dense(config) -> bool:
     """Whether `config` is the plain baseline: no ProxyV layers and no vision-token reduction."""
-    proxyv_layers = config.num_hidden_layers - (getattr(config, "proxyv_start_layer", None) or config.num_hidden_layers)
+    start = getattr(config, "proxyv_start_layer", None)
+    proxyv_layers = 0 if start is None else config.num_hidden_layers - start
     reduced = getattr(config, "vision_token_reduction", None) or getattr(config, "pyramid_drop_layers", None)
     return proxyv_layers == 0 and not reduced and getattr(config, "proxyv_variant", "proxyv") == "proxyv"
 

@@ -67,6 +67,19 @@ def _grid(tiles: torch.Tensor, rows: int, cols: int, side: int) -> torch.Tensor:
     return grid.reshape(dim, rows * side, cols * side)
 
 
+def _anyres_grid(config, crops: int, tokens_per_crop: int, image_size, tower_image_size: int) -> tuple[int, int, int]:
+    """(rows, cols, g) of the AnyRes tiles of an image of `image_size` (width, height); a ValueError when
+    the size is missing or does not give `crops - 1` tiles."""
+    if image_size is None:
+        raise ValueError(f"mm_patch_merge_type '{config.mm_patch_merge_type}' with AnyRes needs each image's "
+                         "size: pass image_sizes.")
+    cols, rows = get_anyres_image_grid_shape(image_size, config.image_grid_pinpoints, tower_image_size)
+    if rows * cols != crops - 1:
+        raise ValueError(f"An image of size {tuple(image_size)} gives {rows}x{cols} AnyRes tiles, but {crops - 1} "
+                         "tile crops were passed; process the image with the model's config.")
+    return rows, cols, int(round(tokens_per_crop ** 0.5))
+
+
 def merge_image(features: torch.Tensor, config, image_size: tuple[int, int] | None, newline: torch.Tensor | None,
                 tower_image_size: int) -> ImageBlock:
     """LLaVA-NeXT's tokens for one image: `features` [C, g*g, D] (base crop first) -> ImageBlock."""
@@ -82,13 +95,7 @@ def merge_image(features: torch.Tensor, config, image_size: tuple[int, int] | No
         kinds = torch.full((embeds.shape[0],), TOKEN_VISION, dtype=torch.long)
         kinds[tokens:] = TOKEN_NEWLINE
         return ImageBlock(embeds, kinds)
-    if image_size is None:
-        raise ValueError(f"mm_patch_merge_type '{merge_type}' with AnyRes needs each image's size: pass image_sizes.")
-    side = int(round(tokens ** 0.5))
-    cols, rows = get_anyres_image_grid_shape(image_size, config.image_grid_pinpoints, tower_image_size)
-    if rows * cols != crops - 1:
-        raise ValueError(f"An image of size {tuple(image_size)} gives {rows}x{cols} AnyRes tiles, but {crops - 1} "
-                         "tile crops were passed; process the image with the model's config.")
+    rows, cols, side = _anyres_grid(config, crops, tokens, image_size, tower_image_size)
     if merge_type == "spatial":  # the grid's rows one after another
         tiles = features[1:].view(rows, cols, side, side, dim).permute(0, 2, 1, 3, 4).reshape(-1, dim)
         kinds = torch.full((tokens + tiles.shape[0],), TOKEN_VISION, dtype=torch.long)
@@ -114,7 +121,6 @@ def image_token_counts(config, num_crops: int, tokens_per_crop: int, image_size:
         return num_crops * tokens_per_crop, 0
     if num_crops == 1:
         return tokens_per_crop, 1
-    side = int(round(tokens_per_crop ** 0.5))
-    cols, rows = get_anyres_image_grid_shape(image_size, config.image_grid_pinpoints, tower_image_size)
+    rows, cols, side = _anyres_grid(config, num_crops, tokens_per_crop, image_size, tower_image_size)
     height, width = unpad_image(torch.empty(0, rows * side, cols * side), image_size).shape[1:]
     return tokens_per_crop + height * width, height

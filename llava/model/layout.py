@@ -1,8 +1,10 @@
 """The multimodal layout: the one step that turns token ids with image placeholders into a sequence.
 
 `build_multimodal_sequence` replaces every `IMAGE_TOKEN_INDEX` placeholder with its image's crops
-(each crop's `g*g` projected patch features in raster order, then one `image_newline` token),
-drops the caller's padding, and re-pads the batch to the left (generation) or right (training).
+(each crop's `g*g` projected patch features in raster order, then one `image_newline` token: the
+`flat_newline` layout), or with an `ImageBlock` already merged by one of LLaVA-NeXT's layouts
+(`llava.model.image_merge`; its tokens go in as they are and list no crops), drops the caller's
+padding, and re-pads the batch to the left (generation) or right (training).
 It returns the embedded sequence, the expanded labels, and a `MultimodalLayout` that says where
 every segment lives: the kind of each token, its position id, and where each crop starts. The
 baseline decoder reads the position ids and the mask; the ProxyV decoder also reads the crops.
@@ -48,7 +50,7 @@ class MultimodalLayout:
     crop_start: torch.Tensor  # [N] sequence index of the crop's first vision token
     crop_index: torch.Tensor  # [N] index of the crop within its image (0 = base crop)
     crop_image_start: torch.Tensor  # [N] position id of the first vision token of the crop's image
-    tokens_per_crop: int  # g*g
+    tokens_per_crop: int  # g*g (0 when every image came as a merged ImageBlock: no crops listed)
     index_causal: bool  # True when position order equals sequence order on real tokens
     # Structures a decoder derives from the index values above (ProxyV's plan, PyramidDrop's schedule),
     # built once per layout by `derived`; not an init field, so every `replace` starts it afresh.

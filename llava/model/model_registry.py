@@ -19,14 +19,13 @@ def _unknown_model_type(model_type) -> ValueError:
     )
 
 
-# LLaVA-1.5's released configs (liuhaotian/llava-v1.5-*) say model_type "llava", haotian-liu/LLaVA's name
-# before "llava_llama". Hugging Face's own LLaVA format (llava-hf/*, LlavaForConditionalGeneration) uses
-# the same name for another layout of the weights, told apart by its nested `text_config`.
-ORIGINAL_LLAVA_MODEL_TYPE = "llava"
-
-
-def _is_original_llava(values: dict) -> bool:
-    return values.get("model_type") == ORIGINAL_LLAVA_MODEL_TYPE and "text_config" not in values
+def _refuse_hf_llava_format(values: dict, model_path: str) -> None:
+    """Hugging Face's own LLaVA format (llava-hf/*, LlavaForConditionalGeneration) also says model_type
+    "llava", with the language model's config nested in `text_config`: another layout of the weights."""
+    if "text_config" in values:
+        raise ValueError(f"{model_path} is in Hugging Face's LLaVA format (llava-hf, a nested text_config), which "
+                         "this package does not load; use the original release (e.g. liuhaotian/llava-v1.5-7b) or "
+                         "transformers' LlavaForConditionalGeneration.")
 
 
 def check_model_type(model_path: str) -> None:
@@ -35,23 +34,22 @@ def check_model_type(model_path: str) -> None:
     if os.path.isfile(config_file):
         with open(config_file, encoding="utf-8") as handle:
             values = json.load(handle)
-        if family_for_model_type(values.get("model_type")) is None and not _is_original_llava(values):
-            if values.get("model_type") == ORIGINAL_LLAVA_MODEL_TYPE:
-                raise ValueError(f"{model_path} is in Hugging Face's LLaVA format (llava-hf, a nested text_config), "
-                                 "which this package does not load; use the original release (e.g. "
-                                 "liuhaotian/llava-v1.5-7b) or transformers' LlavaForConditionalGeneration.")
+        _refuse_hf_llava_format(values, model_path)
+        if family_for_model_type(values.get("model_type")) is None:
             raise _unknown_model_type(values.get("model_type"))
 
 
 def read_llava_config(model_path: str):
-    """The config of a checkpoint folder or hub name; LLaVA-1.5's `model_type: "llava"` is read as the
-    Llama family's LLaVA config (`llava_llama`), which it is."""
+    """The config of a checkpoint folder, config file or hub name; a family's legacy type (LLaVA-1.5's
+    `model_type: "llava"`) is read into that family's LLaVA config, which it is."""
     from transformers import AutoConfig
     from transformers.configuration_utils import PreTrainedConfig
 
     values, _ = PreTrainedConfig.get_config_dict(model_path)
-    if _is_original_llava(values):
-        return FAMILIES["llama"].config.from_dict({k: v for k, v in values.items() if k != "model_type"})
+    _refuse_hf_llava_format(values, model_path)
+    classes = family_for_model_type(values.get("model_type"))
+    if classes is not None and values["model_type"] in classes.family.legacy_model_types:
+        return classes.config.from_dict({k: v for k, v in values.items() if k != "model_type"})
     return AutoConfig.from_pretrained(model_path)
 
 

@@ -24,9 +24,10 @@ import argparse
 import logging
 import re
 import sys
+from collections.abc import Callable
 
 import torch
-from transformers import StoppingCriteriaList, TextStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation, get_conv_template
@@ -66,6 +67,16 @@ def stopping_criteria(conversation: Conversation, tokenizer, prompt_len: int) ->
     return StoppingCriteriaList([KeywordsStoppingCriteria([stop], tokenizer, prompt)])
 
 
+class StopWhen(StoppingCriteria):
+    """Stops every sequence once `should_stop()` returns True (checked after each new token)."""
+
+    def __init__(self, should_stop: Callable[[], bool]):
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), bool(self.should_stop()), dtype=torch.bool, device=input_ids.device)
+
+
 def display_role(role: str, fallback: str) -> str:
     """A role as the user sees it: chat markers like `<|im_start|>` dropped."""
     return re.sub(r"<\|[^|]*\|>", "", role).strip() or fallback
@@ -77,12 +88,15 @@ class ChatSession:
     The images go with every turn (the first turn's placeholders stay in the prompt); the whole
     conversation is the prompt of the next turn. `last_prompt` is the prompt of the latest turn and
     `last_input_ids` its ids. `messages` continues an earlier dialogue about the same images (the
-    `conversation.messages` of a session that asked them).
+    `conversation.messages` of a session that asked them). `should_stop` ends a reply early when it
+    returns True (the web demo's cancelled requests); `too_long_hint` replaces the command-line advice
+    when a turn does not fit the context.
     """
 
     def __init__(self, tokenizer, model, image_processor, images: list, conv_mode: str, context_len: int,
                  temperature: float = 0.2, max_new_tokens: int = 512, streamer=None, top_p: float | None = None,
-                 messages: list | None = None):
+                 messages: list | None = None, should_stop: Callable[[], bool] | None = None,
+                 too_long_hint: str | None = None):
         check_generation_options(temperature, max_new_tokens, top_p)
         check_conv_mode(conv_mode, "conv_mode")
         self.conversation = get_conv_template(conv_mode)
@@ -92,7 +106,7 @@ class ChatSession:
         self.pixels = pixels_for_model(images, image_processor, model) if images else None
         self.image_sizes = [image.size for image in images] if images else None
         self.generate_kwargs = generation_kwargs(tokenizer, temperature, max_new_tokens, top_p)
-        self.streamer = streamer
+        self.streamer, self.should_stop, self.too_long_hint = streamer, should_stop, too_long_hint
         self.last_prompt: str | None = None
         self.last_input_ids: torch.Tensor | None = None
 
@@ -120,13 +134,19 @@ class ChatSession:
             images=self.pixels,
             image_sizes=self.image_sizes,
             streamer=self.streamer,
-            stopping_criteria=stopping_criteria(self.conversation, self.tokenizer, prompt_len),
+            stopping_criteria=self._stopping_criteria(prompt_len),
             **self.generate_kwargs,
         )
         reply = self._clean(self.tokenizer.decode(output_ids[0], skip_special_tokens=True))
         self.conversation.messages[-1][-1] = reply
         self.last_prompt, self.last_input_ids = prompt, input_ids
         return reply
+
+    def _stopping_criteria(self, prompt_len: int) -> StoppingCriteriaList | None:
+        criteria = stopping_criteria(self.conversation, self.tokenizer, prompt_len) or StoppingCriteriaList()
+        if self.should_stop is not None:
+            criteria.append(StopWhen(self.should_stop))
+        return criteria or None
 
     def _clean(self, text: str) -> str:
         text, stop = text.strip(), stop_string(self.conversation)
@@ -138,8 +158,9 @@ class ChatSession:
         """The prompt with its images expanded, plus the reply, must fit the model's context
         (`llava.serve.inference.check_context_length`: a UsageError saying the limit)."""
         images = ", use fewer images," if self.pixels is not None else ""
-        shorten = ("Start a new session (or lower --max-new-tokens)." if len(self.conversation.messages) > 2 else
-                   f"Send a shorter message{images} or lower --max-new-tokens.")
+        shorten = self.too_long_hint or (
+            "Start a new session (or lower --max-new-tokens)." if len(self.conversation.messages) > 2 else
+            f"Send a shorter message{images} or lower --max-new-tokens.")
         check_context_length(prompt_length(input_ids, self.pixels, self.model, self.image_sizes), self.generate_kwargs["max_new_tokens"],
                              self.context_len, shorten, what="The conversation", with_images=self.pixels is not None)
 

@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 OPTION_NAMES = {"temperature": "Temperature", "top_p": "Top p", "max_new_tokens": "Max new tokens"}
+TOO_LONG_HINT = "Press Clear to start a new conversation, ask a shorter question, or lower Max new tokens."
 EXAMPLE_QUESTIONS = ("What color is the background?", "What shape is in the image?",
                      "How many shapes are there in the image?", "Is there any text in the image?")
 
@@ -157,9 +158,10 @@ class WebChat:
         return state, images, question, float(temperature), float(top_p), max_new_tokens, bool(time_dense)
 
     def _answer(self, state, images, question, temperature, top_p, max_new_tokens, time_dense):
-        streamer = TimedTextStreamer(self.tokenizer)
+        streamer, cancelled = TimedTextStreamer(self.tokenizer), threading.Event()
         session = ChatSession(self.tokenizer, self.model, self.image_processor, images, self.conv_mode,
-                              self.context_len, temperature, max_new_tokens, streamer, top_p, state.messages)
+                              self.context_len, temperature, max_new_tokens, streamer, top_p, state.messages,
+                              should_stop=cancelled.is_set, too_long_hint=TOO_LONG_HINT)
         shown = [{"role": "user", "content": {"path": path}} for path in state.image_paths if not state.history]
         history = [*state.history, *shown, {"role": "user", "content": question}]
         outcome: dict = {}
@@ -175,12 +177,16 @@ class WebChat:
             start = time.perf_counter()
             worker = threading.Thread(target=generate, daemon=True)
             worker.start()
+            streamed = False
             try:
                 partial = ""
                 for text in streamer:
                     partial += text
                     yield [*history, {"role": "assistant", "content": partial}], state, "", ""
-            finally:
+                streamed = True
+            finally:  # a closed page or cancelled request closes this generator: stop generating first
+                if not streamed:
+                    cancelled.set()
                 worker.join()
             if "error" in outcome:
                 raise outcome["error"]
@@ -247,8 +253,9 @@ def build_demo(chat: WebChat, examples: list[str]):
         gr.Examples([[[path], text] for path, text in zip(examples, EXAMPLE_QUESTIONS)], inputs=[files, question])
         inputs = [state, files, question, temperature, top_p, max_new_tokens, time_dense]
         outputs = [chatbot, state, question, report]
-        question.submit(chat.respond, inputs, outputs, api_name="ask")
-        send.click(chat.respond, inputs, outputs, api_name=False)
+        # One queue for both ways of asking: one answer is generated at a time.
+        question.submit(chat.respond, inputs, outputs, api_name="ask", concurrency_id="answer")
+        send.click(chat.respond, inputs, outputs, api_name=False, concurrency_id="answer")
         clear.click(lambda: ([], ChatState(), "", "", None), None, [chatbot, state, question, report, files],
                     api_name="clear")
         files.change(lambda paths: ([], ChatState(), "New images: a new conversation starts." if paths else ""),

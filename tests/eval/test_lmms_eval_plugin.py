@@ -28,9 +28,10 @@ from llava.conversation import get_conv_template
 from llava.eval.run_llava import build_prompt
 from llava.mm_utils import process_images, tokenizer_image_token
 from llava.serve.inference import generation_kwargs, with_image_placeholders
+from tests.optional import import_extra
 
-lmms_eval_llava = pytest.importorskip("lmms_eval.models.simple.llava")
-Instance = pytest.importorskip("lmms_eval.api.instance").Instance
+lmms_eval_llava = import_extra("lmms_eval.models.simple.llava")
+Instance = import_extra("lmms_eval.api.instance").Instance
 
 TASK, SPLIT = "tiny_task", "test"
 CONV_TEMPLATE = "vicuna_v1"

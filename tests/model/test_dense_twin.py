@@ -37,6 +37,7 @@ def test_twin_shares_the_weights_and_gives_the_baseline_logits(family):
 def test_proxyv_from_the_last_layer_is_already_dense():
     assert is_dense(tiny_proxyv_config(proxyv_start_layer=NUM_LAYERS))
     assert not is_dense(tiny_proxyv_config(proxyv_start_layer=NUM_LAYERS - 1))
+    assert not is_dense(tiny_proxyv_config(proxyv_start_layer=0))  # every layer ProxyV
 
 
 def test_dense_config_drops_token_reduction_and_keeps_the_newline_scheme():

@@ -123,3 +123,21 @@ def test_llava_15_model_type_llava_loads_as_llava_llama(golden_dirs, loaded):
     (folder / "config.json").write_text(json.dumps({"model_type": "llava", "text_config": {"model_type": "llama"}}))
     with pytest.raises(UsageError, match="Hugging Face's LLaVA format"):
         load_pretrained_model(str(folder), None, None, device="cpu")
+
+
+def test_customized_config_path_of_llava_15_and_benchmark_rows_of_an_official_config(golden_dirs):
+    """A LLaVA-1.5 config given as lmms-eval's customized_config path is read as llava_llama; the
+    prefill benchmark builds its rows from an official LLaVA-1.6 config on ProxyV's layout."""
+    from llava.eval.prefill_benchmark import build_variants
+    from llava.eval.presets import load_model_spec
+    from llava.model.builder import read_customized_config
+
+    config_file = golden_dirs["llava15_vicuna"].parent / "llava15_config.json"
+    values = json.loads((golden_dirs["llava15_vicuna"] / "config.json").read_text())
+    config_file.write_text(json.dumps({**values, "model_type": "llava"}))
+    config = read_customized_config(str(config_file))
+    assert (config.model_type, config.mm_patch_merge_type) == ("llava_llama", "flat")
+    spec = load_model_spec(str(golden_dirs["llava16_vicuna"] / "config.json"))
+    variants = build_variants(spec, [1])
+    assert [v.name for v in variants] == ["baseline", "proxyv"]
+    assert {v.config.mm_patch_merge_type for v in variants} == {"flat_newline"}

@@ -74,6 +74,8 @@ def test_a_siglip_tower_is_refused_naming_it(tmp_path):
         CLIPVisionTower(str(tmp_path))
     with pytest.raises(ValueError, match="'siglip_vision_model' vision tower"):
         CLIPVisionTower("google/siglip-so400m-patch14-384", vision_config={"model_type": "siglip_vision_model"})
+    with pytest.raises(ValueError, match="a 'clip' vision tower"):  # a whole CLIP model's config, inlined
+        CLIPVisionTower("openai/clip-vit-large-patch14-336", vision_config={"model_type": "clip"})
 
 
 @pytest.mark.parametrize("merge_type", ["flat", "spatial", "spatial_unpad"])
@@ -104,3 +106,11 @@ def test_training_refuses_a_llava_next_layout_flag():
 
     with pytest.raises(UsageError, match="--mm_patch_merge_type spatial_unpad: training builds the 'flat_newline'"):
         ModelArguments(model_name_or_path="lmsys/vicuna-7b-v1.5", mm_patch_merge_type="spatial_unpad")
+
+
+def test_unpad_counts_without_an_image_size_are_a_clear_error():
+    config = FAMILIES["llama"].config(mm_patch_merge_type="spatial_unpad", image_grid_pinpoints=PINPOINTS)
+    with pytest.raises(ValueError, match="needs each image's size: pass image_sizes"):
+        image_token_counts(config, 3, 576, None, 336)
+    with pytest.raises(ValueError, match="gives 1x2 AnyRes tiles, but 3 tile crops were passed"):
+        image_token_counts(config, 4, 576, (700, 350), 336)

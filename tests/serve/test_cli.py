@@ -277,3 +277,29 @@ def test_over_long_conversation_is_refused_and_not_kept(assets, images):
     with pytest.raises(ValueError, match="context of 1000 tokens"):
         session.ask("What is in the image?")
     assert session.conversation.messages == []
+
+
+def test_should_stop_ends_the_reply_after_one_token(assets):
+    """The hook the web demo uses to stop a cancelled request: generation ends at the next token."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class TokenCounter(BaseStreamer):
+        def __init__(self):
+            self.calls = 0
+
+        def put(self, value):  # the first call carries the prompt, each later one a new token
+            self.calls += 1
+
+        def end(self):
+            pass
+
+    tokenizer, model, processor, context_len = load_pretrained_model(str(assets.llava_proxyv), None, None, device="cpu")
+    images = load_images(str(assets.example_image()))
+    counts = []
+    for should_stop in (lambda: True, None):
+        counter = TokenCounter()
+        session = ChatSession(tokenizer, model, processor, images, "vicuna_v1", context_len, temperature=0.0,
+                              max_new_tokens=12, streamer=counter, should_stop=should_stop)
+        session.ask("Describe the image briefly.")
+        counts.append(counter.calls - 1)
+    assert counts[0] == 1 and counts[1] > 1, counts

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-gradio_client = pytest.importorskip("gradio_client")
-pytest.importorskip("gradio")
+from tests.optional import import_extra
+
+gradio_client = import_extra("gradio_client")
+import_extra("gradio")
 
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
@@ -133,7 +135,7 @@ def test_bad_input_is_a_message_in_the_page_and_the_server_keeps_serving(server,
         ([str(_png_header_only(tmp_path / "bomb.png", 30000, 30000))], "Hi?", "bomb.png is over the decompression-bomb limit"),
         ([str(_png_header_only(tmp_path / "huge.png", 8000, 6000))], "Hi?", "huge.png is 8000x6000 (48 megapixels), more than this server accepts"),
         (images[:1], "   ", "The question is empty"),
-        (images[:1], "word " * (chat.context_len + 10), "more than the model's context of"),
+        (images[:1], "word " * (chat.context_len + 10), "more than the model's context of .* tokens. Press Clear"),
     ]
     for paths, question, message in cases:
         with pytest.raises(AppError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -182,3 +184,21 @@ def test_bad_options_stop_before_loading(capsys):
         taken.listen()
         assert run_main(web.main, ["--port", str(taken.getsockname()[1])]) == 2
     assert "pass another --port" in capsys.readouterr().err
+
+
+def test_a_closed_request_stops_generating_and_releases_the_model(server, images):
+    """Gradio closes the answer's generator when a page goes away: generation stops at the next token
+    (ChatSession's should_stop), the lock is released, and the next question is answered."""
+    chat, _ = server
+    stream = chat.respond(web.ChatState(), images[:1], "Describe the image briefly.", 0.0, 0.7, 200, False)
+    next(stream)  # the first streamed piece: generation is running
+    stream.close()
+    assert not chat.lock.locked()
+    *_, (history, state, _, report) = chat.respond(web.ChatState(), images[:1], "What shape is in the image?",
+                                                  0.0, 0.7, 8, False)
+    assert texts_of(history)[-2] == "What shape is in the image?" and report
+
+
+def texts_of(history) -> list[str]:
+    """The text of each message as the server returns it (before Gradio serialises it)."""
+    return [message["content"] for message in history if isinstance(message["content"], str)]

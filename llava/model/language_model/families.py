@@ -69,6 +69,9 @@ class DecoderFamily:
     # How the authors' release of this family maps learned proxies back in the guided update
     # (their Phi-3 file calls the update without `learn_proxy`, so it copies spatially).
     release_learned_proxy_guidance: str = "assignment"
+    # Older names of the baseline type in released configs (LLaVA-1.5's "llava", haotian-liu/LLaVA's name
+    # before "llava_llama"); read as the baseline type, never written.
+    legacy_model_types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,8 @@ FAMILIES: dict[str, FamilyClasses] = {
     family.name: build_family(family)
     for family in (
         DecoderFamily("llama", "Llama", ("llama",), "llava_llama", "llava_proxyv_llama",
-                      LlamaConfig, LlamaModel, LlamaForCausalLM, LlamaDecoderLayer, _SEPARATE),
+                      LlamaConfig, LlamaModel, LlamaForCausalLM, LlamaDecoderLayer, _SEPARATE,
+                      legacy_model_types=("llava",)),
         DecoderFamily("mistral", "Mistral", ("mistral",), "llava_mistral", "llava_proxyv_mistral",
                       MistralConfig, MistralModel, MistralForCausalLM, MistralDecoderLayer, _SEPARATE),
         DecoderFamily("qwen2", "Qwen", ("qwen2",), "llava_qwen", "llava_proxyv_qwen",
@@ -164,7 +168,8 @@ def family_for_llm(model_type: str) -> FamilyClasses:
 def family_for_model_type(model_type: str) -> FamilyClasses | None:
     """The family whose LLaVA checkpoints carry `model_type` (baseline or ProxyV), or None."""
     for classes in FAMILIES.values():
-        if model_type in (classes.family.baseline_model_type, classes.family.proxyv_model_type):
+        family = classes.family
+        if model_type in (family.baseline_model_type, family.proxyv_model_type, *family.legacy_model_types):
             return classes
     return None
 

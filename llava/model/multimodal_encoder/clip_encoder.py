@@ -27,11 +27,13 @@ SELECT_FEATURES = ("patch", "cls_patch")
 CLIP_TOWER_TYPES = ("clip", "clip_vision_model")  # a whole CLIP model's config, or its vision part's
 
 
-def check_tower_type(name: str, values: dict) -> None:
+def check_tower_type(name: str, values: dict, inline: bool = False) -> None:
     """A ValueError naming `mm_vision_tower` when its config is not a CLIP vision tower's (LLaVA-OneVision's
-    SigLIP, EVA-CLIP, ...): no other tower is implemented, and loading one as CLIP would be silently wrong."""
+    SigLIP, EVA-CLIP, ...): no other tower is implemented, and loading one as CLIP would be silently wrong.
+    An inlined `mm_vision_tower_config` must be the vision part itself (a whole CLIP model's config
+    would build a default-sized tower)."""
     model_type = values.get("model_type", "clip_vision_model")
-    if model_type not in CLIP_TOWER_TYPES:
+    if model_type not in (("clip_vision_model",) if inline else CLIP_TOWER_TYPES):
         raise ValueError(f"mm_vision_tower {name} is a {model_type!r} vision tower; only CLIP towers are supported "
                          "(SigLIP and EVA towers, e.g. LLaVA-OneVision's, are not).")
 
@@ -58,7 +60,10 @@ class CLIPVisionTower(nn.Module):
         self.vision_tower_name = vision_tower_name
         self.select_layer = select_layer
         self.select_feature = select_feature
-        check_tower_type(vision_tower_name, vision_config or PreTrainedConfig.get_config_dict(vision_tower_name)[0])
+        if vision_config is not None:
+            check_tower_type(vision_tower_name, vision_config, inline=True)
+        else:
+            check_tower_type(vision_tower_name, PreTrainedConfig.get_config_dict(vision_tower_name)[0])
         if vision_config is not None:
             config = CLIPVisionConfig(**vision_config)
         else:
