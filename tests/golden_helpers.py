@@ -5,6 +5,7 @@ file's tensors under the release names."""
 
 import json
 import shutil
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from llava.mm_utils import process_images
+from llava.model.builder import load_pretrained_model
 
 # transformers 5's `CLIPVisionModel` has no `vision_model.` level; checkpoints (LLaVA's, the
 # authors') name the tower's weights with it.
@@ -63,3 +65,16 @@ def assert_all_weights_from_file(model, checkpoint_dir: Path) -> None:
         assert names == set(state), (sorted(names - set(state))[:5], sorted(set(state) - names)[:5])
         for name in names:
             assert torch.equal(weights.get_tensor(name), state[name]), name
+
+
+def golden_loader(dirs: dict[str, Path]):
+    """`load(name, impl)` -> (model, processor) through our builder, each loaded once (`load.cache_clear()`
+    frees them)."""
+
+    @cache
+    def load(name, impl):
+        _, model, processor, _ = load_pretrained_model(str(dirs[name]), None, None, device="cpu",
+                                                       attn_implementation=impl)
+        return model, processor
+
+    return load

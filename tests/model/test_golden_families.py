@@ -20,14 +20,18 @@ ProxyV layer's guided update reaches.
 """
 
 import json
-from functools import cache
 from pathlib import Path
 
 import pytest
 import torch
 
-from llava.model.builder import load_pretrained_model
-from tests.golden_helpers import assert_all_weights_from_file, case_id, case_inputs, copy_golden_checkpoints
+from tests.golden_helpers import (
+    assert_all_weights_from_file,
+    case_id,
+    case_inputs,
+    copy_golden_checkpoints,
+    golden_loader,
+)
 from tests.paths import GOLDEN
 
 FAMILIES = Path(__file__).resolve().parents[1] / "data" / "golden_families"
@@ -52,13 +56,7 @@ def golden_dirs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(golden_dirs):
     """`loaded(name, impl)` -> (model, processor), each loaded once per module through our builder."""
-
-    @cache
-    def load(name, impl):
-        _, model, processor, _ = load_pretrained_model(str(golden_dirs[name]), None, None, device="cpu",
-                                                       attn_implementation=impl)
-        return model, processor
-
+    load = golden_loader(golden_dirs)
     yield load
     load.cache_clear()
 

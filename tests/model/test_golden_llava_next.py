@@ -12,7 +12,6 @@ numbers to 1e-4 with pixels from our own `process_images`.
 
 import json
 import shutil
-from functools import cache
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from transformers import AutoConfig
 from llava.errors import UsageError
 from llava.model.builder import load_pretrained_model
 from llava.model.image_merge import image_token_counts
-from tests.golden_helpers import assert_all_weights_from_file, case_id, copy_golden_checkpoints
+from tests.golden_helpers import assert_all_weights_from_file, case_id, copy_golden_checkpoints, golden_loader
 from tests.paths import GOLDEN
 
 FOLDER = Path(__file__).resolve().parents[1] / "data" / "golden_llava_next"
@@ -44,13 +43,10 @@ def golden_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(golden_dirs):
-    @cache
-    def load(name, impl):
-        _, model, processor, _ = load_pretrained_model(str(golden_dirs[name]), None, None, device="cpu",
-                                                       attn_implementation=impl)
-        return model, processor
-
-    return load
+    """`loaded(name, impl)` -> (model, processor), each loaded once per module through our builder."""
+    load = golden_loader(golden_dirs)
+    yield load
+    load.cache_clear()
 
 
 def _inputs(case, model, processor):

@@ -53,15 +53,17 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 SHARED = REPO.parent / "shared" / "golden" / "proxyv_release"
 sys.path.insert(0, str(HERE.parent / "golden_families"))
-from make_golden import COMMON_LLM, TOKENIZER_FILES, draw_five_crop_image, f32_list, randomize  # noqa: E402
+from make_golden import (  # noqa: E402
+    COMMON_LLM,
+    IGNORE_INDEX,
+    IMAGE_TOKEN_INDEX,
+    PROMPT,
+    TOKENIZER_FILES,
+    draw_five_crop_image,
+    f32_list,
+    randomize,
+)
 
-IMAGE_TOKEN_INDEX = -200
-IGNORE_INDEX = -100
-PROMPT = {
-    "prefix": "A chat between a curious human and an artificial intelligence assistant. USER:",
-    "suffix": "What is the red square ASSISTANT:",
-    "answer": "the red square is at the top",
-}
 IMAGES = ("images/img0.png", "images/img1.png", "images/img2.png", "images/img3.png", "images/img4.png")
 UNPADDED_SIZES = {"images/img3.png": (640, 480), "images/img4.png": (480, 640)}  # AnyRes pads these
 TOWER_PREFIX = "model.vision_tower.vision_tower."
