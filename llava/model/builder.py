@@ -304,7 +304,11 @@ def load_pretrained_model(
     dtype = resolve_dtype(torch_dtype, device)
     with _model_type_is_usage_error():
         check_model_type(model_path)
-    config = customized_config if customized_config is not None else read_llava_config(model_path)
+    if customized_config is not None:
+        config = customized_config
+    else:
+        with _checkpoint_cannot_run(model_path):  # a config value this package refuses (layout, tower, ...)
+            config = read_llava_config(model_path)
     for key, value in (overwrite_config or {}).items():
         setattr(config, key, value)
     attn = resolve_attn_implementation(attn_implementation, config)
@@ -324,7 +328,7 @@ def load_pretrained_model(
         load_kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=load_8bit, load_in_4bit=load_4bit)
     weights_path = model_base or model_path
     try:
-        with _without_load_report():
+        with _without_load_report(), _checkpoint_cannot_run(model_path):  # e.g. a SigLIP vision tower
             model, info = model_class.from_pretrained(weights_path, config=config, output_loading_info=True,
                                                       **load_kwargs)
     except SafetensorError as error:  # a file whose header is whole but whose tensors are not
@@ -356,6 +360,18 @@ def _model_type_is_usage_error():
         raise
     except ValueError as error:
         raise UsageError(str(error)) from error
+
+
+@contextmanager
+def _checkpoint_cannot_run(model_path: str):
+    """Our own refusals of a checkpoint's config (a ValueError naming the key and value) become a
+    `DamagedInputError` naming the checkpoint: the file exists but this package cannot run it."""
+    try:
+        yield
+    except UserError:
+        raise
+    except ValueError as error:
+        raise DamagedInputError(f"{model_path}: {one_line(error)}") from error
 
 
 class _DropLoadReport(logging.Filter):

@@ -137,3 +137,28 @@ def test_customized_config_path_of_llava_15_and_benchmark_rows_of_an_official_co
     variants = build_variants(spec, [1])
     assert [v.name for v in variants] == ["baseline", "proxyv"]
     assert {v.config.mm_patch_merge_type for v in variants} == {"flat_newline"}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"image_aspect_ratio": "anyres_max_9"}, "image_aspect_ratio 'anyres_max_9'"),
+    ({"mm_patch_merge_type": "spatial_unpad_maxpool2x2"}, "Unknown mm_patch_merge_type 'spatial_unpad_maxpool2x2'"),
+    ({"mm_vision_tower": "SIGLIP"}, "is a 'siglip_vision_model' vision tower"),
+])
+def test_a_checkpoint_we_cannot_run_is_one_error_line(change, message, golden_dirs, tmp_path, capsys):
+    """LLaVA-OneVision-style settings in a checkpoint: `run_llava` exits 1 with one line naming the
+    checkpoint and the key, not a traceback from inside the config class."""
+    from llava.errors import run_main
+    from llava.eval.run_llava import main
+
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(golden_dirs["llava16_vicuna"], folder)
+    siglip = tmp_path / "siglip"
+    siglip.mkdir()
+    (siglip / "config.json").write_text(json.dumps({"model_type": "siglip_vision_model"}))
+    values = json.loads((folder / "config.json").read_text())
+    values.update({key: str(siglip) if value == "SIGLIP" else value for key, value in change.items()})
+    (folder / "config.json").write_text(json.dumps(values))
+    image = FOLDER / "images" / "img0.png"
+    assert run_main(main, ["--model-path", str(folder), "--image-file", str(image), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {folder}: ") and message in err[0]
