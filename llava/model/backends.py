@@ -23,6 +23,9 @@ from .proxyv.variants import decoder_variant
 logger = logging.getLogger(__name__)
 _said_sdpa_for_flash = False
 
+# Every attention backend this package loads a model with (builder, CLI, training, benchmarks).
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
+
 
 def eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0, **kwargs):
