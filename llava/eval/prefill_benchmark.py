@@ -13,12 +13,15 @@ ids, random pixels, random weights). Every variant is built from the model's own
 * With `--device cpu|cuda` it also builds the model with random weights and times the prefill
   (`use_cache=True, logits_to_keep=1`), one training step (forward + backward, labels on the text,
   no optimizer) and one decoding step (one token over the prefill's KV cache), each the median of
-  `--repeats` runs after `--warmup` runs, and records the peak memory of the prefill and the step.
-  Variants run one after another; `--interleave` builds them all and alternates their runs, which
-  keeps the comparison fair on a shared machine whose speed drifts.
+  `--repeats` runs (default 5) after `--warmup` runs with their min and max, and records the peak
+  memory of the prefill and the step. Variants run one after another; `--interleave` builds them all
+  and alternates their runs, which keeps the comparison fair on a shared machine whose speed drifts,
+  and pairs the runs of a round: each time reduction then also carries the min and max of the
+  per-round reductions.
 
-It prints a table and writes JSON `{"setting": {...}, "rows": [...]}`; reductions are fractions
-relative to the baseline row of the same model.
+It prints a table (times as `median (min-max)`) and writes JSON `{"setting": {...}, "rows": [...]}`;
+reductions are fractions relative to the baseline row of the same model, from the medians.
+`llava.eval.layer_profile` splits one layer's time into its parts at the same setting.
 """
 
 import argparse
@@ -53,6 +56,7 @@ ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 FLOP_PARTS = ("vision_flops", "projector_flops", "llm_flops", "lm_head_flops")
 LM_HEAD_NOTE = "logits of the last token only (logits_to_keep=1), as a prefill for generation computes"
 INPUT_SEED = 0
+DEFAULT_REPEATS = 5  # timed runs per phase; their min-max shows how far a shared machine's noise reaches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -454,8 +458,19 @@ def _timed_run(step, device: str) -> tuple[float, float]:
     return elapsed, memory.peak_mb
 
 
+def spread_key(time_key: str, statistic: str) -> str:
+    """The key of a timed phase's `statistic` ("min", "max" or "samples"): prefill_time_s -> prefill_time_min_s."""
+    return f"{time_key.removesuffix('_s')}_{statistic}_s"
+
+
+def time_statistics(time_key: str, samples: list[float]) -> dict:
+    """The median of a phase's timed runs under `time_key`, their min, max and every run in order."""
+    return {time_key: statistics.median(samples), spread_key(time_key, "min"): min(samples),
+            spread_key(time_key, "max"): max(samples), spread_key(time_key, "samples"): list(samples)}
+
+
 def measure_phases(runners: list[VariantRunner], device: str, warmup: int, repeats: int) -> list[dict]:
-    """Median time and peak memory of every phase for every runner.
+    """Median, min, max (and every run's) time and the peak memory of every phase for every runner.
 
     Runs go round robin over the runners (a warm-up or timed run of each, then the next round), so
     with several runners a slow spell of a shared machine hits every variant alike.
@@ -470,7 +485,7 @@ def measure_phases(runners: list[VariantRunner], device: str, warmup: int, repea
             for runner, samples in zip(runners, runs):
                 samples.append(_timed_run(getattr(runner, phase), device))
         for result, samples in zip(results, runs):
-            result[time_key] = statistics.median(elapsed for elapsed, _ in samples)
+            result.update(time_statistics(time_key, [elapsed for elapsed, _ in samples]))
             if memory_key:
                 result[memory_key] = max(peak for _, peak in samples)
     for runner, result in zip(runners, results):
@@ -510,8 +525,10 @@ def _cpu_steal_s() -> float | None:
 # ----------------------------------------------------------------------------- rows and table
 
 
-TIMED_KEYS = ("weights_mb", "sequence_length", "prefill_time_s", "prefill_peak_memory_mb", "train_step_time_s",
-              "train_peak_memory_mb", "decode_step_time_s", "load_average_1min", "cpu_steal_s")
+TIME_KEYS = tuple(time_key for _, time_key, _ in PHASES)
+TIMED_KEYS = ("weights_mb", "sequence_length", "prefill_peak_memory_mb", "train_peak_memory_mb", "load_average_1min",
+              "cpu_steal_s", *(spread_key(key, statistic) if statistic else key for key in TIME_KEYS
+                               for statistic in (None, "min", "max", "samples")))
 
 
 def flops_row(variant: Variant, dtype: torch.dtype, text_tokens: int, crops: int) -> dict:
@@ -539,15 +556,32 @@ def _reduction(value, baseline):
 REDUCTIONS = {"flops_reduction": "llm_flops", "total_flops_reduction": "total_flops",
               "time_reduction": "prefill_time_s", "train_time_reduction": "train_step_time_s",
               "decode_time_reduction": "decode_step_time_s", "prefill_memory_reduction": "prefill_peak_memory_mb"}
+TIME_REDUCTIONS = {name: key for name, key in REDUCTIONS.items() if key in TIME_KEYS}
 
 
-def add_reductions(rows: list[dict]) -> None:
-    """Fractions saved against the baseline row of the same model (0 for it, None where unmeasured)."""
+def paired_reductions(samples, baseline_samples) -> tuple[float | None, float | None]:
+    """(min, max) over rounds of 1 - variant run / baseline run of the same round; None unless both have
+    the same number of runs (interleaved runs: round i of every variant ran back to back)."""
+    if not samples or not baseline_samples or len(samples) != len(baseline_samples):
+        return None, None
+    reductions = [1.0 - value / base for value, base in zip(samples, baseline_samples)]
+    return min(reductions), max(reductions)
+
+
+def add_reductions(rows: list[dict], paired: bool = False) -> None:
+    """Fractions saved against the baseline row of the same model (0 for it, None where unmeasured),
+    from the medians; with `paired` (interleaved runs) also each time reduction's min and max over
+    the per-round ratios (`time_reduction_min`, `time_reduction_max`, ...)."""
     baselines = {row["model"]: row for row in rows if row["variant"] == "baseline"}
     for row in rows:
         baseline = baselines[row["model"]]
         for name, key in REDUCTIONS.items():
             row[name] = _reduction(row[key], baseline[key])
+        for name, key in TIME_REDUCTIONS.items():
+            samples = spread_key(key, "samples")
+            pairs = paired and row is not baseline
+            lowest, highest = paired_reductions(row.get(samples), baseline.get(samples)) if pairs else (None, None)
+            row[f"{name}_min"], row[f"{name}_max"] = lowest, highest
 
 
 def _fmt(value, scale: float = 1.0, digits: int = 2, percent: bool = False) -> str:
@@ -556,34 +590,63 @@ def _fmt(value, scale: float = 1.0, digits: int = 2, percent: bool = False) -> s
     return f"{100 * value:.1f}%" if percent else f"{value / scale:.{digits}f}"
 
 
-TABLE_COLUMNS = (  # header, key, formatter
-    ("model", "model", str),
-    ("variant", "variant", str),
-    ("s", "proxyv_start_layer", lambda v: "-" if v is None else str(v)),
-    ("LLM TFLOPs", "llm_flops", lambda v: _fmt(v, 1e12, 3)),
-    ("LLM red.", "flops_reduction", lambda v: _fmt(v, percent=True)),
-    ("vision TF", "vision_flops", lambda v: _fmt(v, 1e12, 3)),
-    ("proj. TF", "projector_flops", lambda v: _fmt(v, 1e12, 3)),
-    ("head GF", "lm_head_flops", lambda v: _fmt(v, 1e9, 3)),
-    ("total TF", "total_flops", lambda v: _fmt(v, 1e12, 3)),
-    ("total red.", "total_flops_reduction", lambda v: _fmt(v, percent=True)),
-    ("prefill s", "prefill_time_s", lambda v: _fmt(v, digits=3)),
-    ("time red.", "time_reduction", lambda v: _fmt(v, percent=True)),
-    ("prefill MB", "prefill_peak_memory_mb", lambda v: _fmt(v, digits=0)),
-    ("train s", "train_step_time_s", lambda v: _fmt(v, digits=3)),
-    ("train red.", "train_time_reduction", lambda v: _fmt(v, percent=True)),
-    ("train MB", "train_peak_memory_mb", lambda v: _fmt(v, digits=0)),
-    ("decode ms", "decode_step_time_s", lambda v: _fmt(v, 1e-3, 1)),
+def _with_range(key: str, low_key: str, high_key: str, **fmt):
+    """A cell formatter of a row: `key`'s value, then `(min-max)` where the row has both."""
+
+    def cell(row: dict) -> str:
+        text, low, high = _fmt(row.get(key), **fmt), row.get(low_key), row.get(high_key)
+        if low is None or high is None:
+            return text
+        separator = " to " if min(low, high) < 0 else "-"  # "-2.5-3.1%" would read as a range from minus
+        return f"{text} ({_fmt(low, **fmt).removesuffix('%')}{separator}{_fmt(high, **fmt)})"
+
+    return cell
+
+
+def _time_cell(key: str, **fmt):
+    """A timed phase's median (min-max over the repeats)."""
+    return _with_range(key, spread_key(key, "min"), spread_key(key, "max"), **fmt)
+
+
+def _reduction_cell(name: str):
+    """A time reduction from the medians (min-max of the paired per-round reductions)."""
+    return _with_range(name, f"{name}_min", f"{name}_max", percent=True)
+
+
+def _value_cell(key: str, formatter):
+    return lambda row: formatter(row.get(key))
+
+
+TABLE_COLUMNS = (  # header, key, cell formatter of a row
+    ("model", "model", _value_cell("model", str)),
+    ("variant", "variant", _value_cell("variant", str)),
+    ("s", "proxyv_start_layer", _value_cell("proxyv_start_layer", lambda v: "-" if v is None else str(v))),
+    ("LLM TFLOPs", "llm_flops", _value_cell("llm_flops", lambda v: _fmt(v, 1e12, 3))),
+    ("LLM red.", "flops_reduction", _value_cell("flops_reduction", lambda v: _fmt(v, percent=True))),
+    ("vision TF", "vision_flops", _value_cell("vision_flops", lambda v: _fmt(v, 1e12, 3))),
+    ("proj. TF", "projector_flops", _value_cell("projector_flops", lambda v: _fmt(v, 1e12, 3))),
+    ("head GF", "lm_head_flops", _value_cell("lm_head_flops", lambda v: _fmt(v, 1e9, 3))),
+    ("total TF", "total_flops", _value_cell("total_flops", lambda v: _fmt(v, 1e12, 3))),
+    ("total red.", "total_flops_reduction", _value_cell("total_flops_reduction", lambda v: _fmt(v, percent=True))),
+    ("prefill s", "prefill_time_s", _time_cell("prefill_time_s", digits=3)),
+    ("time red.", "time_reduction", _reduction_cell("time_reduction")),
+    ("prefill MB", "prefill_peak_memory_mb", _value_cell("prefill_peak_memory_mb", lambda v: _fmt(v, digits=0))),
+    ("train s", "train_step_time_s", _time_cell("train_step_time_s", digits=3)),
+    ("train red.", "train_time_reduction", _reduction_cell("train_time_reduction")),
+    ("train MB", "train_peak_memory_mb", _value_cell("train_peak_memory_mb", lambda v: _fmt(v, digits=0))),
+    ("decode ms", "decode_step_time_s", _time_cell("decode_step_time_s", scale=1e-3, digits=1)),
+    ("decode red.", "decode_time_reduction", _reduction_cell("decode_time_reduction")),
 )
 
 
 def format_table(result: dict) -> str:
-    """A Markdown table of the rows (timing columns only when something was timed)."""
-    timed = any(row["prefill_time_s"] is not None for row in result["rows"])
+    """A Markdown table of the rows (timing columns only when something was timed); timed phases
+    and time reductions show their median with (min-max) where measured."""
+    timed = any(row.get("prefill_time_s") is not None for row in result["rows"])
     columns = [c for c in TABLE_COLUMNS if timed or not c[1].startswith(("prefill_", "time_", "train", "decode"))]
     lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * len(columns)]
     for row in result["rows"]:
-        lines.append("| " + " | ".join(c[2](row[c[1]]) for c in columns) + " |")
+        lines.append("| " + " | ".join(c[2](row) for c in columns) + " |")
     return "\n".join(lines)
 
 
@@ -623,7 +686,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, default=None, help="cut the LLM to this many layers (CPU timing)")
     parser.add_argument("--learn-proxy", action="store_true", help="learned (non-spatial) proxies")
     parser.add_argument("--json", default=None, help="write the results here")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+                        help="timed runs per measurement: their median, min and max are reported")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before them")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--interleave", action="store_true",
@@ -663,8 +727,10 @@ def setting(args, specs: list[ModelSpec], dtype: torch.dtype) -> dict:
                  "convolutions only, attention over the full query x key matrix (the same for every attention backend); llm_flops = decoder layers "
                  "(incl. ProxyV proxy creation and VisionMLPs), without embedding, final norm and LM head",
         "timing": None if args.device == "meta" else (
-            "median wall time of the repeats; prefill with use_cache=True; variants "
-            + ("interleaved run by run" if args.interleave else "one after another")
+            "median wall time of the repeats (*_min_s / *_max_s: their range, *_samples_s: every run in order); "
+            "prefill with use_cache=True; variants "
+            + ("interleaved run by run; time reductions from the medians, *_reduction_min / *_max over the "
+               "per-round ratios to the baseline" if args.interleave else "one after another")
             + "; load_average_1min (at the end) and cpu_steal_s (during the timing) flag competing work"),
         "memory": None if args.device == "meta" else memory_metric(args.device),
         "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
@@ -698,7 +764,7 @@ def run_benchmark(args) -> dict:
             for row, timed in zip(model_rows, time_variants(variants, args, dtype)):
                 row.update(timed)
         rows += model_rows
-    add_reductions(rows)
+    add_reductions(rows, paired=args.interleave)
     return {"setting": setting(args, specs, dtype), "rows": rows}
 
 
