@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoTokenizer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.utils import is_torch_flex_attn_available
 
 from llava.errors import (
     DamagedInputError,
@@ -28,7 +29,7 @@ from llava.errors import (
     read_safetensors_header,
 )
 
-from .backends import mask_limits_flash
+from .backends import ATTN_IMPLEMENTATIONS, mask_limits_flash
 from .checkpoint_names import TOWER_PREFIXES
 from .lora_weights import (
     check_adapter_fits,
@@ -39,6 +40,7 @@ from .lora_weights import (
     merge_lora_adapter,
     without_quantization,
 )
+from .masks import FLEX_ATTENTION
 from .model_registry import causal_lm_class_for_config, check_model_type, config_for_class, read_llava_config
 from .projector_weights import load_mm_projector_weights
 
@@ -72,8 +74,11 @@ def resolve_dtype(torch_dtype, device: str) -> torch.dtype:
 def resolve_attn_implementation(requested: str | None, config) -> str:
     """The attention backend to load with; flash-attention only where it is installed and exact."""
     requested = requested or "sdpa"
-    if requested not in ("eager", "sdpa", "flash_attention_2"):
-        raise UsageError(f"Unknown attn_implementation '{requested}'. Known: eager, sdpa, flash_attention_2.")
+    if requested not in ATTN_IMPLEMENTATIONS:
+        raise UsageError(f"Unknown attn_implementation '{requested}'. Known: {', '.join(ATTN_IMPLEMENTATIONS)}.")
+    if requested == FLEX_ATTENTION and not is_torch_flex_attn_available():
+        raise UsageError(f"attn_implementation '{FLEX_ATTENTION}' needs torch >= 2.5 (torch {torch.__version__} "
+                         "is installed); use sdpa.")
     if requested != "flash_attention_2":
         return requested
     from transformers.utils import is_flash_attn_2_available
@@ -83,8 +88,9 @@ def resolve_attn_implementation(requested: str | None, config) -> str:
         return "sdpa"
     reason = mask_limits_flash(config)
     if reason:
-        logger.warning("flash-attention cannot run this model (%s), so sdpa is used.", reason)
-        return "sdpa"
+        fallback = FLEX_ATTENTION if is_torch_flex_attn_available() else "sdpa"
+        logger.warning("flash-attention cannot run this model (%s), so %s is used.", reason, fallback)
+        return fallback
     return requested
 
 

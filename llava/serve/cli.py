@@ -33,6 +33,7 @@ from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation, get_conv_template
 from llava.errors import DamagedInputError, UsageError, run_main
 from llava.mm_utils import KeywordsStoppingCriteria, tokenizer_image_token
+from llava.model.backends import ATTN_IMPLEMENTATIONS
 from llava.serve.inference import (
     check_context_length,
     check_conv_mode,
@@ -231,7 +232,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
     parser.add_argument("--load-8bit", action="store_true", help="8-bit weights (CUDA + bitsandbytes)")
     parser.add_argument("--load-4bit", action="store_true", help="4-bit weights (CUDA + bitsandbytes)")
-    parser.add_argument("--attn-implementation", default="sdpa", choices=("eager", "sdpa", "flash_attention_2"),
+    parser.add_argument("--attn-implementation", default="sdpa", choices=ATTN_IMPLEMENTATIONS,
                         help="attention backend (default: %(default)s)")
     parser.add_argument("--debug", action="store_true", help="print each prompt and reply; show tracebacks")
     return parser.parse_args(argv)

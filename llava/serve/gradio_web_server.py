@@ -37,6 +37,7 @@ from transformers import TextIteratorStreamer
 
 from llava.errors import DamagedInputError, UsageError, UserError, one_line, run_main
 from llava.mm_utils import ImageTooLargeError, load_image
+from llava.model.backends import ATTN_IMPLEMENTATIONS
 from llava.serve.cli import ChatSession
 from llava.serve.inference import (
     check_conv_mode,
@@ -275,7 +276,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--conv-mode", default=None, help="template (default: the checkpoint's)")
-    parser.add_argument("--attn-implementation", default="sdpa", choices=("eager", "sdpa", "flash_attention_2"))
+    parser.add_argument("--attn-implementation", default="sdpa", choices=ATTN_IMPLEMENTATIONS)
     parser.add_argument("--load-8bit", action="store_true", help="8-bit weights (CUDA + bitsandbytes)")
     parser.add_argument("--load-4bit", action="store_true", help="4-bit weights (CUDA + bitsandbytes)")
     parser.add_argument("--share", action="store_true", help="a public link through Gradio's servers (needs internet)")

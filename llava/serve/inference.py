@@ -27,6 +27,7 @@ from llava.conversation import (
 )
 from llava.errors import DamagedInputError, UsageError, UserError, one_line, short_reason
 from llava.mm_utils import ImageTooLargeError, load_image, process_images
+from llava.model.backends import ATTN_IMPLEMENTATIONS
 
 __all__ = ["add_answering_options", "check_answering_options", "check_context_length", "check_conv_mode", "check_device", "check_generation_options", "check_text",
            "default_conv_mode", "generation_kwargs", "load_images", "load_model", "one_line", "pixels_for_model",
@@ -67,7 +68,7 @@ def add_answering_options(parser, max_new_tokens: int) -> None:
     parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int,
                         default=max_new_tokens)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--attn-implementation", default="sdpa", choices=("eager", "sdpa", "flash_attention_2"))
+    parser.add_argument("--attn-implementation", default="sdpa", choices=ATTN_IMPLEMENTATIONS)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 

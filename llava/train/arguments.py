@@ -20,8 +20,8 @@ import torch
 import transformers
 
 from llava.errors import DamagedInputError, UsageError, read_json_file, require_path
+from llava.model.backends import ATTN_IMPLEMENTATIONS
 
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 NO_REDUCTION = (None, "", "none")
 LORA_BIAS_CHOICES = ("none", "all", "lora_only")
 
@@ -47,7 +47,7 @@ class ModelArguments:
         metadata={"help": "comma list of mm_mlp_adapter, mm_vision_mlp, mm_language_model, mm_vision_tower"},
     )
     pretrain_mm_mlp_adapter: str | None = field(default=None, metadata={"help": "stage-1 mm_projector.bin"})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "eager, sdpa or flash_attention_2"})
+    attn_implementation: str = field(default="sdpa", metadata={"help": ", ".join(ATTN_IMPLEMENTATIONS)})
     proxyv: bool | None = field(default=None, metadata={"help": "the authors' switch; --proxyv_start_layer suffices"})
     proxyv_start_layer: int | None = field(default=None, metadata={"help": "first ProxyV layer; turns ProxyV on"})
     proxyv_reduce_factor: int = 4
@@ -79,6 +79,9 @@ class ModelArguments:
 
         check_template(self.version)
         _check_choice("--attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        if self.attn_implementation == "flex_attention" and not torch.cuda.is_available():
+            raise UsageError("--attn_implementation flex_attention trains on CUDA only (FlexAttention has no backward "
+                             "on CPU); on CPU use sdpa.")
         _check_choice("--proxyv_variant", self.proxyv_variant, PROXYV_VARIANTS)
         if self.mm_patch_merge_type in LLAVA_NEXT_MERGE_TYPES:
             raise UsageError(f"--mm_patch_merge_type {self.mm_patch_merge_type}: training builds the "

@@ -13,6 +13,7 @@ from llava.model.backends import (
     eager_attention,
     mask_limits_flash,
     masked_attention_interface,
+    masked_backend,
     require_masks_supported,
 )
 
@@ -40,15 +41,21 @@ def test_flash_is_refused_for_a_model_built_directly_with_arbitrary_masks():
     require_masks_supported(_config("sdpa", image_newline_positions="release"))  # fine
 
 
-def test_masked_layers_use_sdpa_under_flash_and_say_so_once(monkeypatch, caplog):
-    monkeypatch.setattr(backends, "_said_sdpa_for_flash", False)
+def test_masked_layers_use_flex_under_flash_and_say_so_once(monkeypatch, caplog):
+    monkeypatch.setattr(backends, "_said_masked_backend_for_flash", False)
     with caplog.at_level(logging.WARNING, logger="llava.model.backends"):
         first = masked_attention_interface(_config("flash_attention_2"))
         second = masked_attention_interface(_config("flash_attention_2"))
-    assert first is second is ALL_ATTENTION_FUNCTIONS["sdpa"]
-    assert sum("use sdpa" in record.getMessage() for record in caplog.records) == 1
+    assert first is second is ALL_ATTENTION_FUNCTIONS["flex_attention"]
+    assert sum("use flex_attention" in record.getMessage() for record in caplog.records) == 1
     assert masked_attention_interface(_config("eager")) is eager_attention
     assert masked_attention_interface(_config("sdpa")) is ALL_ATTENTION_FUNCTIONS["sdpa"]
+    assert masked_attention_interface(_config("flex_attention")) is ALL_ATTENTION_FUNCTIONS["flex_attention"]
+
+
+def test_masked_layers_use_sdpa_under_flash_without_flex(monkeypatch):
+    monkeypatch.setattr(backends, "is_torch_flex_attn_available", lambda: False)
+    assert masked_backend(_config("flash_attention_2")) == "sdpa"
 
 
 def test_eager_attention_equals_sdpa_with_grouped_heads_and_a_mask():

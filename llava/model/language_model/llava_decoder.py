@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from ..backends import require_masks_supported
+from ..backends import check_flex_backward, flex_compile_stance, render_layer_mask, require_masks_supported
 from ..image_merge import FLAT_NEWLINE, PATCH_MERGE_TYPES, merge_type_of_saved_config
 from ..layout import MultimodalLayout
 from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
-from ..masks import additive_mask, position_causal_visibility
+from ..masks import position_causal_rule
 from ..reduction.options import check_reduction_options
 
 logger = logging.getLogger(__name__)
@@ -175,6 +175,8 @@ class LlavaCausalLM(LlavaMetaForCausalLM):
         **kwargs,
     ):
         """LLaVA's forward: with `images`, placeholders in `input_ids` are expanded first (right padding)."""
+        if self.training and torch.is_grad_enabled():
+            check_flex_backward(self.config, self.device)
         if inputs_embeds is None and self.runs_multimodal_step(input_ids, images):
             inputs_embeds, labels, multimodal_layout = self.prepare_inputs_labels_for_multimodal(
                 input_ids, attention_mask, labels, images, image_sizes, padding_side="right"
@@ -182,18 +184,19 @@ class LlavaCausalLM(LlavaMetaForCausalLM):
             input_ids, attention_mask, position_ids = None, multimodal_layout.attention_mask, multimodal_layout.position_ids
         if multimodal_layout is not None:
             attention_mask = self.layout_attention_mask(multimodal_layout, inputs_embeds.dtype)
-        return super().forward(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            **self.decoder_layout_kwargs(multimodal_layout),
-            **kwargs,
-        )
+        with flex_compile_stance(self.config, self.device):
+            return super().forward(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **self.decoder_layout_kwargs(multimodal_layout),
+                **kwargs,
+            )
 
     def decoder_layout_kwargs(self, layout: MultimodalLayout | None) -> dict:
         """What the inner decoder needs from the layout besides the mask: nothing for the baseline."""
@@ -206,7 +209,7 @@ class LlavaCausalLM(LlavaMetaForCausalLM):
         if layout.index_causal:
             return layout.attention_mask
         require_masks_supported(self.config)
-        return additive_mask(position_causal_visibility(layout.position_ids, layout.attention_mask), dtype)
+        return render_layer_mask(position_causal_rule(layout.position_ids, layout.attention_mask), self.config, dtype)
 
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, images=None, image_sizes=None, **kwargs):

@@ -18,16 +18,15 @@ from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from ..backends import require_masks_supported
+from ..backends import masked_backend, render_layer_mask, require_masks_supported
 from ..layout import MultimodalLayout
-from ..masks import additive_mask
 from ..proxyv.modules import (
     LearnedProxyInitializer,
     reduced_hidden_size,
     spatial_proxies,
 )
 from ..proxyv.plan import ProxyVPlan, build_proxyv_plan
-from ..proxyv.study import start_layer_for_mask_ratio, vision_masked_visibility
+from ..proxyv.study import start_layer_for_mask_ratio, vision_masked_rule
 from ..proxyv.variants import decoder_variant
 
 
@@ -193,9 +192,10 @@ class ProxyVDecoderModel:
                                        past_key_values=past_key_values if use_cache else None)
 
     def _proxyv_plan(self, layout: MultimodalLayout, dtype: torch.dtype) -> ProxyVPlan:
-        """The plan of `layout` for this decoder's proxies per crop, built once per layout."""
-        num_proxies = self.config.decoder_proxies_per_crop
-        return layout.derived(("proxyv_plan", num_proxies, dtype), lambda lay: build_proxyv_plan(lay, num_proxies, dtype))
+        """The plan of `layout` for this decoder's proxies per crop and attention backend, built once per layout."""
+        num_proxies, backend = self.config.decoder_proxies_per_crop, masked_backend(self.config)
+        return layout.derived(("proxyv_plan", num_proxies, dtype, backend),
+                              lambda lay: build_proxyv_plan(lay, num_proxies, dtype, backend))
 
     def derive_from_layout(self, layout: MultimodalLayout, dtype: torch.dtype) -> None:
         if decoder_variant(self.config.proxyv_variant).two_stream_layers:
@@ -214,7 +214,7 @@ class ProxyVDecoderModel:
     def _vision_masked_layers(self, hidden, layout: MultimodalLayout, past_key_values, use_cache, **kwargs):
         """Layers s .. L-1 of `mask_vision_attention`: ordinary layers, vision queries blind to other vision keys."""
         require_masks_supported(self.config)
-        mask = additive_mask(vision_masked_visibility(layout), hidden.dtype)  # [B, 1, T, T]
+        mask = render_layer_mask(vision_masked_rule(layout), self.config, hidden.dtype)  # [B, 1, T, T] or BlockMask
         position_embeddings = self.rotary_emb(hidden, position_ids=layout.position_ids)
         for layer in self.layers[self.config.proxyv_start_layer :]:
             hidden = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings,

@@ -13,9 +13,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from ...constants import IGNORE_INDEX
 from ..attention import HeadProjection
-from ..backends import require_masks_supported
+from ..backends import render_layer_mask, require_masks_supported
 from ..layout import TOKEN_VISION, MultimodalLayout
-from ..masks import additive_mask
 from ..reduction.pyramid_drop import (
     DropSchedule,
     PyramidDropCache,
@@ -76,7 +75,7 @@ class PyramidDropDecoderModel:
                            valid=layout.attention_mask.bool(), is_vision=layout.token_kind == TOKEN_VISION,
                            position_ids=layout.position_ids)
         output, stage_hidden, stage = hidden, hidden, 0  # [B, T, D], [B, Ts, D]
-        mask, rotary = state.attention_mask(hidden.dtype), self.rotary_emb(hidden, state.position_ids)
+        mask, rotary = self._stage_mask(state, hidden.dtype), self.rotary_emb(hidden, state.position_ids)
         if cache is not None:
             cache.key_valid.append(state.valid)
         for layer_idx, layer in enumerate(self.layers[: config.num_hidden_layers]):
@@ -89,12 +88,16 @@ class PyramidDropDecoderModel:
                 stage += 1
                 gather, state = pack(state, keep, schedule.stage_lengths[stage])
                 stage_hidden = stage_hidden.gather(1, gather[..., None].expand(-1, -1, hidden.shape[-1]))
-                mask, rotary = state.attention_mask(hidden.dtype), self.rotary_emb(hidden, state.position_ids)
+                mask, rotary = self._stage_mask(state, hidden.dtype), self.rotary_emb(hidden, state.position_ids)
                 if cache is not None:
                     cache.key_valid.append(state.valid)
             stage_hidden = layer(stage_hidden, attention_mask=mask, position_embeddings=rotary,
                                  position_ids=state.position_ids, past_key_values=cache, use_cache=cache is not None)
         return _scatter_rows(output, state, stage_hidden)
+
+    def _stage_mask(self, state: StageState, dtype: torch.dtype):
+        """The mask every layer of a stage shares: [B, 1, Ts, Ts] additive, or flex's block mask."""
+        return render_layer_mask(state.mask_rule(), self.config, dtype)
 
     def _decode_step(self, hidden, position_ids, cache: PyramidDropCache):
         """New tokens [B, q, D] at `position_ids` over the staged cache; every stage gets its own key mask."""
@@ -103,12 +106,7 @@ class PyramidDropDecoderModel:
         num_new = hidden.shape[1]  # hidden: [B, q, D]
         cache.append_tokens(num_new)
         rotary = self.rotary_emb(hidden, position_ids)
-        causal_new = torch.ones(num_new, num_new, dtype=torch.bool, device=hidden.device).tril()  # [q, q]
-        masks = []
-        for valid in cache.key_valid:  # [B, K_k + q]
-            visible = valid[:, None, :].expand(-1, num_new, -1).clone()  # [B, q, K_k + q]
-            visible[:, :, -num_new:] &= causal_new
-            masks.append(additive_mask(visible, hidden.dtype))
+        masks = [render_layer_mask(rule, self.config, hidden.dtype) for rule in cache.decode_mask_rules(num_new)]
         stage_of = _stage_of_layers(self.config)
         for layer_idx, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
             hidden = layer(hidden, attention_mask=masks[stage_of[layer_idx]], position_embeddings=rotary,

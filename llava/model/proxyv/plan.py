@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import TOKEN_PAD, TOKEN_VISION, MultimodalLayout
-from ..masks import additive_mask
+from ..masks import BlockMask, MaskRule, render_mask
 
 
 @dataclass
@@ -29,7 +29,7 @@ class ProxyVPlan:
     full_token: torch.Tensor  # [N, G] natural index of every full vision token
     query_positions: torch.Tensor  # [B, Tl + P]
     key_positions: torch.Tensor  # [B, T + P]
-    attention_mask: torch.Tensor  # [B, 1, Tl + P, T + P] additive float
+    attention_mask: torch.Tensor | BlockMask  # [B, 1, Tl + P, T + P] additive float, or flex's block mask
 
     def gather_light(self, hidden: torch.Tensor) -> torch.Tensor:
         """[B, T, D] -> light slots [B, Tl, D] (unused slots are zero)."""
@@ -80,8 +80,9 @@ def _proxy_slots(layout: MultimodalLayout, num_proxies: int, batch_size: int):
     return proxy_slot, proxy_position, num_slots
 
 
-def build_proxyv_plan(layout: MultimodalLayout, num_proxies: int, dtype: torch.dtype) -> ProxyVPlan:
-    """Indices, positions and the ProxyV attention mask for `layout`, with `n = num_proxies` per crop."""
+def build_proxyv_plan(layout: MultimodalLayout, num_proxies: int, dtype: torch.dtype, backend: str = "sdpa") -> ProxyVPlan:
+    """Indices, positions and the ProxyV attention mask for `layout`, with `n = num_proxies` per crop;
+    the mask as attention backend `backend` takes it (`llava.model.masks.render_mask`)."""
     batch_size, _ = layout.token_kind.shape
     device = layout.token_kind.device
     light_batch, light_token, light_slot, num_light = _light_slots(layout)
@@ -102,13 +103,11 @@ def build_proxyv_plan(layout: MultimodalLayout, num_proxies: int, dtype: torch.d
 
     query_positions = torch.cat([light_position, stream_position], dim=1)  # [B, Tl + P]
     key_positions = torch.cat([layout.position_ids, stream_position], dim=1)  # [B, T + P]
-    visible = _proxyv_visibility(layout, query_positions, key_positions, proxy_valid, num_light)
-    # Unused slots (padding, missing proxies) see themselves only, so no softmax row is empty.
     seq_len = layout.token_kind.shape[1]
+    # Unused slots (padding, missing proxies) see themselves only, so no softmax row is empty.
     self_key = torch.cat([light_token_of_slot, seq_len + torch.arange(num_proxy, device=device).expand(batch_size, -1)], 1)
-    query_valid = torch.cat([light_valid, proxy_valid], dim=1)  # [B, Tl + P]
-    own = torch.zeros_like(visible).scatter_(2, self_key[:, :, None], True)
-    visible = torch.where(query_valid[:, :, None], visible, own)
+    rule = _proxyv_rule(layout, query_positions, key_positions, torch.cat([light_valid, proxy_valid], dim=1),
+                        self_key, proxy_valid, num_light)
     return ProxyVPlan(
         light_batch=light_batch,
         light_token=light_token,
@@ -121,23 +120,26 @@ def build_proxyv_plan(layout: MultimodalLayout, num_proxies: int, dtype: torch.d
         full_token=layout.vision_token_index(),
         query_positions=query_positions,
         key_positions=key_positions,
-        attention_mask=additive_mask(visible, dtype),
+        attention_mask=render_mask(rule, backend, dtype),
     )
 
 
-def _proxyv_visibility(layout, query_positions, key_positions, proxy_valid, num_light) -> torch.Tensor:
-    """[B, Tl + P, T + P] bool, docs/design.md §4.4 step 2.
+def _proxyv_rule(layout, query_positions, key_positions, query_valid, self_key, proxy_valid, num_light) -> MaskRule:
+    """Who sees whom among queries [B, Tl + P] and keys [B, T + P], docs/design.md §4.4 step 2.
 
     Causality by position and real keys only; light queries (text, newlines) see the natural
-    sequence but no proxy; proxy queries see proxies and non-vision tokens but no full token.
+    sequence but no proxy; proxy queries see proxies and non-vision tokens but no full token. An
+    unused query slot (`query_valid` False) sees only its own key `self_key`.
     """
+    seq_len = layout.token_kind.shape[1]
     key_real = torch.cat([layout.attention_mask.bool(), proxy_valid], dim=1)  # [B, T + P]
-    key_is_proxy = torch.zeros_like(key_real)
-    key_is_proxy[:, layout.token_kind.shape[1] :] = True
-    key_is_vision = torch.cat([layout.token_kind == TOKEN_VISION, torch.zeros_like(proxy_valid)], dim=1)
-    query_is_proxy = torch.zeros(query_positions.shape, dtype=torch.bool, device=query_positions.device)
-    query_is_proxy[:, num_light:] = True
+    key_is_vision = torch.cat([layout.token_kind == TOKEN_VISION, torch.zeros_like(proxy_valid)], dim=1)  # [B, T + P]
 
-    causal = key_positions[:, None, :] <= query_positions[:, :, None]  # [B, Q, K]
-    allowed = torch.where(query_is_proxy[:, :, None], ~key_is_vision[:, None, :], ~key_is_proxy[:, None, :])
-    return causal & allowed & key_real[:, None, :]
+    def visible(b, q, kv):
+        causal = key_positions[b, kv] <= query_positions[b, q]
+        allowed = torch.where(q >= num_light, ~key_is_vision[b, kv], kv < seq_len)  # proxy query: no full token
+        seen = causal & allowed & key_real[b, kv]
+        return torch.where(query_valid[b, q], seen, kv == self_key[b, q])
+
+    batch_size, num_queries = query_positions.shape
+    return MaskRule(batch_size, num_queries, key_positions.shape[1], visible, query_positions.device)

@@ -13,11 +13,10 @@ s = L - round(q*L).
 """
 
 import math
-
-import torch
+from dataclasses import replace
 
 from ..layout import TOKEN_VISION, MultimodalLayout
-from ..masks import position_causal_visibility
+from ..masks import MaskRule, position_causal_rule
 
 
 def start_layer_for_mask_ratio(ratio: float, num_layers: int) -> int:
@@ -27,10 +26,13 @@ def start_layer_for_mask_ratio(ratio: float, num_layers: int) -> int:
     return num_layers - math.floor(ratio * num_layers + 0.5)
 
 
-def vision_masked_visibility(layout: MultimodalLayout) -> torch.Tensor:
-    """[B, T, T] bool: the baseline's visibility minus vision-to-vision pairs other than the diagonal."""
-    visible = position_causal_visibility(layout.position_ids, layout.attention_mask)  # [B, T, T], diagonal on
+def vision_masked_rule(layout: MultimodalLayout) -> MaskRule:
+    """The baseline's visibility (causal by position over real keys) minus vision-to-vision pairs
+    other than the diagonal."""
+    causal = position_causal_rule(layout.position_ids, layout.attention_mask)
     is_vision = layout.token_kind == TOKEN_VISION  # [B, T]
-    vision_pair = is_vision[:, :, None] & is_vision[:, None, :]  # [B, T, T]
-    own = torch.eye(is_vision.shape[1], dtype=torch.bool, device=is_vision.device)
-    return visible & ~(vision_pair & ~own)
+
+    def visible(b, q, kv):
+        return causal.visible(b, q, kv) & ~(is_vision[b, q] & is_vision[b, kv] & (q != kv))
+
+    return replace(causal, visible=visible)

@@ -20,7 +20,7 @@ from transformers import DynamicCache
 
 from ..attention import HeadProjection, project_heads
 from ..layout import TOKEN_PAD, TOKEN_VISION
-from ..masks import additive_mask, position_causal_visibility
+from ..masks import MaskRule, position_causal_rule
 
 
 @dataclass
@@ -52,9 +52,9 @@ class StageState:
     is_vision: torch.Tensor  # [B, Ts] bool
     position_ids: torch.Tensor  # [B, Ts]
 
-    def attention_mask(self, dtype: torch.dtype) -> torch.Tensor:
-        """[B, 1, Ts, Ts] additive: causality by position over real keys."""
-        return additive_mask(position_causal_visibility(self.position_ids, self.valid.long()), dtype)
+    def mask_rule(self) -> MaskRule:
+        """[B, Ts, Ts]: causality by position over real keys."""
+        return position_causal_rule(self.position_ids, self.valid)
 
 
 def find_instruction_index(attention_mask: torch.Tensor, labels: torch.Tensor | None, ignore_index: int) -> torch.Tensor:
@@ -123,6 +123,11 @@ class PyramidDropCache(DynamicCache):
         super().__init__(*args, **kwargs)
         self.key_valid: list[torch.Tensor] = []
 
+    def decode_mask_rules(self, num_new: int) -> list[MaskRule]:
+        """For `num_new` tokens just appended (`append_tokens`): per stage, each new query sees the
+        stage's real keys and the new tokens up to itself ([B, num_new, K_k + num_new])."""
+        return [_decode_rule(valid, num_new) for valid in self.key_valid]
+
     def append_tokens(self, num_new: int) -> None:
         self.key_valid = [torch.cat([m, m.new_ones(m.shape[0], num_new)], dim=1) for m in self.key_valid]
 
@@ -142,3 +147,14 @@ class PyramidDropCache(DynamicCache):
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
         self.key_valid = [m.index_select(0, beam_idx.to(m.device)) for m in self.key_valid]
+
+
+def _decode_rule(key_valid: torch.Tensor, num_new: int) -> MaskRule:
+    """Queries are the last `num_new` of the keys marked by `key_valid` [B, K]: real keys, causally."""
+    batch_size, num_keys = key_valid.shape
+    first_new = num_keys - num_new
+
+    def visible(b, q, kv):
+        return key_valid[b, kv] & (kv <= q + first_new)
+
+    return MaskRule(batch_size, num_new, num_keys, visible, key_valid.device)
