@@ -16,6 +16,7 @@ from llava.model.builder import resolve_attn_implementation
 from llava.model.masks import MaskRule, position_causal_rule, render_mask
 from tests.model_fixtures import tiny_llava_model
 from tests.proxyv_fixtures import (
+    FAMILY_NAMES,
     MIXED_CROPS,
     MIXED_SAMPLES,
     baseline_twin,
@@ -74,6 +75,16 @@ def test_proxyv_under_flex_equals_sdpa(case):
         expected, got = sdpa(**batch), flex(**batch)
     torch.testing.assert_close(got.logits, expected.logits, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(got.loss, expected.loss, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", [name for name in FAMILY_NAMES if name != "llama"])
+def test_every_family_under_flex_equals_sdpa(family):
+    sdpa, flex = _pair(lambda attn: tiny_proxyv_model(attn_implementation=attn, family=family, learn_proxy=True))
+    batch = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(flex(**batch).logits, sdpa(**batch).logits, atol=2e-5, rtol=1e-4)
+        base_sdpa, base_flex = baseline_twin(sdpa, "sdpa"), baseline_twin(sdpa, "flex_attention")
+        torch.testing.assert_close(base_flex(**batch).logits, base_sdpa(**batch).logits, atol=2e-5, rtol=1e-4)
 
 
 def test_proxyv_layers_get_a_block_mask_and_no_dense_mask():
