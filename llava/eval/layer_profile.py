@@ -116,15 +116,15 @@ def proxyv_layer_forward(inputs: LayerInputs):
     """The real ProxyV layer, as `ProxyVDecoderModel._proxyv_layers` calls it: (hidden [1, T, D], proxies [1, P, D])."""
     state = inputs.per_forward
     return inputs.layer(inputs.hidden, state["proxies"], state["assignment"], proxyv_plan=state["plan"],
-                        vision_mlp=state["vision_mlp"], rotary=inputs.model.model.rotary_emb,
-                        past_key_values=inputs.cache())
+                        vision_mlp=state["vision_mlp"], rotary=state["rotary"], past_key_values=inputs.cache())
 
 
 def proxyv_layer_parts(inputs: LayerInputs, timer: PartTimer):
     """`ProxyVLayerMixin._proxyv_forward` (with `attend` and `guided_update`) part by part; same output."""
     layer, hidden, state = inputs.layer, inputs.hidden, inputs.per_forward
     plan, proxies, attn, projection = state["plan"], state["proxies"], inputs.layer.self_attn, inputs.layer.projection
-    cache, rotary, light_slots = inputs.cache(), inputs.model.model.rotary_emb, state["plan"].num_light_slots
+    cache, light_slots = inputs.cache(), state["plan"].num_light_slots
+    (q_cos, q_sin), (k_cos, k_sin) = state["rotary"]
     light_in = timer.run("gather_light + cat proxies", "gather/scatter",
                          lambda: torch.cat([plan.gather_light(hidden), proxies], dim=1))  # [1, Tl + P, D]
     normed_natural = timer.run("input norm, natural (T)", "norms", layer.input_layernorm, hidden)  # [1, T, D]
@@ -134,12 +134,8 @@ def proxyv_layer_parts(inputs: LayerInputs, timer: PartTimer):
     query = timer.run("q_proj (Tl + P)", "attention: q/k/v", projection.queries, attn, normed_light)
     key, value = timer.run("k/v_proj (T + P, full tokens)", "attention: q/k/v", projection.keys_values, attn, key_in)
 
-    def rope():
-        q_cos, q_sin = rotary(normed_light, plan.query_positions)
-        k_cos, k_sin = rotary(key_in, plan.key_positions)
-        return apply_rope(query, q_cos, q_sin), apply_rope(key, k_cos, k_sin)
-
-    query, key = timer.run("RoPE (cos/sin + rotate)", "rope", rope)  # [1, H, Tl + P, hd], [1, Hkv, T + P, hd]
+    query, key = timer.run("RoPE (rotate)", "rope", lambda: (apply_rope(query, q_cos, q_sin),
+                                                              apply_rope(key, k_cos, k_sin)))  # [1, H, Tl + P, hd], [1, Hkv, T + P, hd]
     timer.run("KV cache update", "cache", cache.update, key[:, :, : hidden.shape[1]], value[:, :, : hidden.shape[1]],
               attn.layer_idx)
     output, _ = timer.run("core attention (masked)", "attention: core", masked_attention_interface(attn.config), attn,
@@ -218,13 +214,15 @@ def fresh_layout(model, args):
 
 
 def proxyv_per_forward(model, hidden: torch.Tensor, args, timer: PartTimer) -> dict:
-    """What `ProxyVDecoderModel.forward` builds once for all ProxyV layers: the plan and the entering proxies."""
+    """What `ProxyVDecoderModel.forward` builds once for all ProxyV layers: the plan, the entering proxies
+    and RoPE's cos / sin of both streams."""
     decoder, layout = model.model, fresh_layout(model, args)
     plan = timer.run("plan: indices + mask (build_proxyv_plan)", "mask", decoder._proxyv_plan, layout, hidden.dtype)
     proxies, assignment = timer.run("entering proxies (gather_full, pool, arrange_proxies)", "proxies",
                                     decoder._entering_proxies, hidden, plan)  # [1, P, D], [N, G, n] or None
+    rotary = timer.run("RoPE cos/sin (query + key streams)", "rope", decoder._stream_rotary, hidden, plan)
     start = model.config.proxyv_start_layer
-    return {"plan": plan, "proxies": proxies, "assignment": assignment, "layout": layout,
+    return {"plan": plan, "proxies": proxies, "assignment": assignment, "layout": layout, "rotary": rotary,
             "vision_mlp": decoder.vision_mlp_layers[args.start_layer - start]}
 
 

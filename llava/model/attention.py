@@ -122,31 +122,31 @@ HeadProjection = SeparateProjections  # the interface every family's projection 
 
 
 def project_heads(attn: nn.Module, projection: HeadProjection, query_in: torch.Tensor, key_in: torch.Tensor,
-                  query_positions: torch.Tensor, key_positions: torch.Tensor, rotary: nn.Module,
+                  query_rotary: tuple[torch.Tensor, torch.Tensor], key_rotary: tuple[torch.Tensor, torch.Tensor],
                   with_values: bool = True):
     """Rotated query heads [B, H, Q, hd] of `query_in` [B, Q, D] and key / value heads
-    [B, Hkv, K, hd] of `key_in` [B, K, D], each stream at its own RoPE positions (values None
-    without `with_values`: attention scores alone need none)."""
+    [B, Hkv, K, hd] of `key_in` [B, K, D], each stream rotated by its own RoPE (cos, sin) at its
+    positions (the decoder's `rotary_emb(hidden, positions)`, computed once per forward); values
+    None without `with_values` (attention scores alone need none)."""
     query = projection.queries(attn, query_in)
     if with_values:
         key, value = projection.keys_values(attn, key_in)
     else:
         key, value = projection.keys(attn, key_in), None
-    q_cos, q_sin = rotary(query_in, query_positions)
-    k_cos, k_sin = rotary(key_in, key_positions)
-    return apply_rope(query, q_cos, q_sin), apply_rope(key, k_cos, k_sin), value
+    return apply_rope(query, *query_rotary), apply_rope(key, *key_rotary), value
 
 
 def attend(attn: nn.Module, projection: HeadProjection, query_in: torch.Tensor, key_in: torch.Tensor,
-           query_positions: torch.Tensor, key_positions: torch.Tensor, rotary: nn.Module, mask: torch.Tensor,
+           query_rotary: tuple[torch.Tensor, torch.Tensor], key_rotary: tuple[torch.Tensor, torch.Tensor], mask,
            past_key_values=None, cached_keys: int = 0) -> torch.Tensor:
-    """Attention of `query_in` [B, Q, D] over `key_in` [B, K, D] under the additive `mask`
-    [B, 1, Q, K]; returns the output projection [B, Q, D].
+    """Attention of `query_in` [B, Q, D] over `key_in` [B, K, D] under `mask` (additive float
+    [B, 1, Q, K], or a flex block mask: `llava.model.masks.render_mask`); returns the output
+    projection [B, Q, D].
 
     With a cache, the first `cached_keys` keys / values are stored for layer `attn.layer_idx`
     (ProxyV caches the natural sequence, never the proxies that follow it).
     """
-    query, key, value = project_heads(attn, projection, query_in, key_in, query_positions, key_positions, rotary)
+    query, key, value = project_heads(attn, projection, query_in, key_in, query_rotary, key_rotary)
     if past_key_values is not None:
         past_key_values.update(key[:, :, :cached_keys], value[:, :, :cached_keys], attn.layer_idx)
     output, _ = masked_attention_interface(attn.config)(

@@ -10,7 +10,7 @@ from llava.errors import run_main
 from llava.eval.layer_profile import UNACCOUNTED, format_tables, main
 
 PROXYV_PARTS = ("gather_light + cat proxies", "input norm, natural (T)", "q_proj (Tl + P)",
-                "k/v_proj (T + P, full tokens)", "RoPE (cos/sin + rotate)", "core attention (masked)", "o_proj",
+                "k/v_proj (T + P, full tokens)", "RoPE (rotate)", "core attention (masked)", "o_proj",
                 "FFN (Tl + P)", "gather_full", "scatter_light", "VisionMLP: guidance (context_proj + copy)",
                 "VisionMLP: W1, SiLU, W2", "VisionMLP: residual + RMSNorm", "scatter_full")
 BASELINE_PARTS = ("input norm (T)", "q_proj (T)", "k/v_proj (T)", "core attention (causal)", "o_proj", "FFN (T)")

@@ -228,10 +228,16 @@ class ProxyVDecoderModel:
         proxy_stream, assignment = self._entering_proxies(hidden, plan)  # [B, P, D], [N, G, n] or None
         num_proxyv_layers = config.num_hidden_layers - config.proxyv_start_layer
         vision_mlps = list(self.vision_mlp_layers) or [None] * num_proxyv_layers  # None: the layer's own FFN
+        rotary = self._stream_rotary(hidden, plan)
         for layer, vision_mlp in zip(self.layers[config.proxyv_start_layer :], vision_mlps):
             hidden, proxy_stream = layer(hidden, proxy_stream, assignment, proxyv_plan=plan, vision_mlp=vision_mlp,
-                                         rotary=self.rotary_emb, past_key_values=past_key_values)
+                                         rotary=rotary, past_key_values=past_key_values)
         return hidden
+
+    def _stream_rotary(self, hidden: torch.Tensor, plan: ProxyVPlan):
+        """RoPE (cos, sin) of the query stream [B, Tl + P, r] and of the key stream [B, T + P, r], once
+        for all ProxyV layers (their positions are the plan's)."""
+        return self.rotary_emb(hidden, plan.query_positions), self.rotary_emb(hidden, plan.key_positions)
 
     def _entering_proxies(self, hidden, plan: ProxyVPlan):
         """The proxy stream [B, P, D] entering layer s and, for learned proxies, A [N, G, n].

@@ -30,6 +30,9 @@ class ProxyVLayerMixin:
                 vision_mlp: VisionMLP | UnguidedVisionMLP | None = None, rotary=None, **kwargs):
         """Ordinary layer when `proxyv_plan` is None; else returns `(hidden [B,T,D], proxies [B,P,D])`.
 
+        `rotary` is `(query (cos, sin), key (cos, sin))` at the plan's query and key positions,
+        computed once per forward by the decoder.
+
         Tensors that need gradients (hidden states, proxies, the learned assignment A) are
         positional so gradient checkpointing recomputes them correctly.
         """
@@ -43,8 +46,8 @@ class ProxyVLayerMixin:
         normed_natural = self.input_layernorm(hidden)  # [B, T, D]: full tokens as they enter
         normed_light = self.input_layernorm(light_in)
         key_in = torch.cat([normed_natural, normed_light[:, plan.num_light_slots :]], 1)  # [B, T + P, D]
-        attn_out = attend(self.self_attn, self.projection, normed_light, key_in, plan.query_positions,
-                          plan.key_positions, rotary, plan.attention_mask, past_key_values, hidden.shape[1])
+        attn_out = attend(self.self_attn, self.projection, normed_light, key_in, *rotary, plan.attention_mask,
+                          past_key_values, hidden.shape[1])
         light = light_in + self.projection.after_attention(self, attn_out)
         light = light + self.projection.after_mlp(self, self.mlp(self.post_attention_layernorm(light)))
 

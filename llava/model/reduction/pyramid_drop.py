@@ -83,8 +83,9 @@ def instruction_attention(layer, projection: HeadProjection, entering: torch.Ten
     batch = torch.arange(entering.shape[0], device=entering.device)
     normed = layer.input_layernorm(entering)  # [B, Ts, D]
     query_position = state.position_ids[batch, query_slot][:, None]  # [B, 1]
-    query, keys, _ = project_heads(attn, projection, normed[batch, query_slot][:, None], normed, query_position,
-                                   state.position_ids, rotary, with_values=False)  # [B, H, 1, hd], [B, Hkv, Ts, hd]
+    query_in = normed[batch, query_slot][:, None]  # [B, 1, D]
+    query, keys, _ = project_heads(attn, projection, query_in, normed, rotary(query_in, query_position),
+                                   rotary(normed, state.position_ids), with_values=False)  # [B, H, 1, hd], [B, Hkv, Ts, hd]
     keys = keys.repeat_interleave(query.shape[1] // keys.shape[1], dim=1)  # [B, H, Ts, hd]
     logits = (query @ keys.transpose(-1, -2)).float() * attn.scaling  # [B, H, 1, Ts]
     visible = state.valid & (state.position_ids <= query_position)  # [B, Ts]
