@@ -178,6 +178,15 @@ def _no_checkpointing_note(rows: list[dict]) -> str | None:
             "Its time reduction compares rows of the same depth.")
 
 
+def skipped_phases_note(rows: list[dict]) -> str | None:
+    """Why phases shown as n/a did not run (OOM is said in its cell)."""
+    reasons = sorted({(row["backend"], (row.get(phase) or {})["skipped"]) for row in rows for phase in PHASES
+                      if "skipped" in (row.get(phase) or {}) and row[phase]["skipped"] != "out of memory"})
+    if not reasons:
+        return None
+    return "n/a: " + "; ".join(f"{backend}: {reason}" for backend, reason in reasons) + "."
+
+
 def format_markdown(result: dict) -> str:
     """The whole report: setting, the table, notes, the summary and the tiny training throughput."""
     setting = result["setting"]
@@ -189,9 +198,9 @@ def format_markdown(result: dict) -> str:
              "(min-max) in ms; reductions against the baseline of the same backend; FLOPs: the whole prefill "
              "(vision tower, projector, decoder, LM head on the last token), counted on meta.",
              "", format_rows(result["rows"]), ""]
-    note = _no_checkpointing_note(result["rows"])
-    if note:
-        lines += [note, ""]
+    for note in (_no_checkpointing_note(result["rows"]), skipped_phases_note(result["rows"])):
+        if note:
+            lines += [note, ""]
     lines += [format_summary(result["summary"]), ""]
     if result.get("tiny_training"):
         tiny = result["tiny_training"]

@@ -21,7 +21,14 @@ from llava.eval.gpu_benchmark import (
     run,
     scaled_start_layers,
 )
-from llava.eval.gpu_report import JSON_NAME, MARKDOWN_NAME, format_markdown, summarize, write_outputs
+from llava.eval.gpu_report import (
+    JSON_NAME,
+    MARKDOWN_NAME,
+    format_markdown,
+    skipped_phases_note,
+    summarize,
+    write_outputs,
+)
 from llava.eval.gpu_steps import OUT_OF_MEMORY, Repeats, is_out_of_memory
 from llava.eval.train_throughput import tiny_training_throughput
 
@@ -154,6 +161,12 @@ def test_summary_checks_the_goal_on_the_fastest_backend():
     assert summary["fastest_backend"] == "sdpa" and summary["goal"] is True
     rows[3]["prefill_gap_points"] = -2.5
     assert summarize(rows)["goal"] is False
+
+
+def test_phase_that_cannot_run_says_why():
+    row = {"backend": "flex_attention", "variant": "baseline", "status": "measured",
+           "train_checkpointed": {"skipped": "no backward on CPU"}, "train_no_checkpointing": {"skipped": OUT_OF_MEMORY}}
+    assert skipped_phases_note([row]) == "n/a: flex_attention: no backward on CPU."
 
 
 @pytest.mark.slow
