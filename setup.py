@@ -1,7 +1,7 @@
 """Packaging for proxyv: the `llava` package with the ProxyV decoder.
 
 torch is required but never pinned to a different build than the one installed: the range below
-admits any torch 2.x, so pip keeps the wheel that is already there (CPU or CUDA).
+admits any torch 2.x from 2.6 (FlexAttention and `torch.compiler.set_stance`), so pip keeps the wheel that is already there (CPU or CUDA).
 """
 
 from setuptools import find_packages, setup
@@ -15,7 +15,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["llava", "llava.*"]),
     install_requires=[
-        "torch>=2.4,<3",
+        "torch>=2.6,<3",
         "transformers>=5.20,<5.24",
         "tokenizers>=0.22",
         "safetensors>=0.4",

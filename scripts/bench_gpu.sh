@@ -34,4 +34,7 @@ else
   export PYTHONPATH="${PWD}${PYTHONPATH:+:${PYTHONPATH}}"
 fi
 
+# Every torch.compile recompilation is logged (flex_attention and its block masks compile): more
+# than a few per backend means a compile cache miss is being timed, or flex fell back to eager.
+export TORCH_LOGS="${TORCH_LOGS:-recompiles}"
 exec "${PYTHON}" -m llava.eval.gpu_benchmark "$@"

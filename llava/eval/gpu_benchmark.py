@@ -43,6 +43,7 @@ from llava.eval.gpu_report import (
     write_outputs,
 )
 from llava.eval.gpu_steps import FLEX_ATTENTION, OUT_OF_MEMORY, Repeats, measure_model, measure_training_only
+from llava.eval.mask_build import measure_mask_build
 from llava.eval.prefill_benchmark import LM_HEAD_NOTE, build_variants, flops_row, memory_metric
 from llava.eval.presets import load_model_spec
 from llava.eval.train_throughput import tiny_training_throughput
@@ -176,12 +177,16 @@ def run(settings: Settings) -> dict:
             continue
         rows += measure_backend(settings, variants, flops_rows, backend)
     add_reductions(rows, flops_rows)
+    proxyv = next(variant for variant in variants if variant.name == "proxyv")
+    logger.info("Building the ProxyV s=%s attention mask dense and as a flex block mask", proxyv.start_layer)
+    mask_build = measure_mask_build(proxyv.config, settings.text_tokens, settings.crops, spec.tokens_per_crop,
+                                    settings.device, settings.dtype)
     tiny = None
     if settings.tiny_training_steps is not None:
         logger.info("Training the tiny assets end to end")
         tiny = tiny_training_throughput(settings.device, settings.tiny_training_steps, settings.tiny_training_batch)
     return {"setting": setting(settings, spec), "flops": flops_rows, "rows": rows, "summary": summarize(rows),
-            "tiny_training": tiny}
+            "mask_build": mask_build, "tiny_training": tiny}
 
 
 # ----------------------------------------------------------------------------- command line

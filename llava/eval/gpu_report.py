@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 
+from llava.eval.mask_build import format_mask_build
+
 PHASES = ("prefill", "decode", "train_checkpointed", "train_no_checkpointing")
 GOAL_POINTS = 2.0  # the goal: prefill time reduction within 2 points of the FLOPs reduction
 
@@ -202,6 +204,9 @@ def format_markdown(result: dict) -> str:
         if note:
             lines += [note, ""]
     lines += [format_summary(result["summary"]), ""]
+    if result.get("mask_build"):
+        lines += ["## Building the ProxyV attention mask (once per forward)", "", format_mask_build(result["mask_build"]),
+                  ""]
     if result.get("tiny_training"):
         tiny = result["tiny_training"]
         lines += ["## Tiny end-to-end training (data loading included)", "",

@@ -26,9 +26,9 @@ import warnings
 import torch
 
 from llava.eval.prefill_benchmark import PhaseMemory, Variant, VariantRunner
+from llava.model.masks import FLEX_ATTENTION
 
 OUT_OF_MEMORY = "out of memory"
-FLEX_ATTENTION = "flex_attention"
 
 
 @dataclasses.dataclass(frozen=True)

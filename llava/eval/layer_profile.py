@@ -12,8 +12,11 @@ tokens, random weights and inputs) it builds the benchmark's baseline and its Pr
   gathers and scatters, the guided update's pieces), with a device sync around each part -- the
   parts. The replay's output is compared with the layer's (`replay_exact`), so a change to the
   layer that the replay does not follow shows up as `false` instead of as silently wrong numbers;
-* what a forward builds once for all its layers (ProxyV: the plan with its mask and the entering
-  proxies; baseline: the causal mask and RoPE's cos / sin), reported separately.
+* what a forward builds once for all its layers (ProxyV: the plan with its mask, the entering
+  proxies and RoPE's cos / sin of both streams; baseline: the causal mask and RoPE's cos / sin),
+  reported separately;
+* the ProxyV plan built with each mask rendering (dense additive for eager / sdpa, FlexAttention's
+  block mask): build time, the mask's size through the forward, and peak memory while building.
 
 Each time is the median over `--repeats` rounds (after `--warmup`) with its min and max; the
 rounds alternate the two layers, so a busy machine slows both alike. "unaccounted" is the layer's
@@ -39,15 +42,16 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from llava.errors import UsageError, UserError, one_line, run_main
 from llava.model import FAMILIES
 from llava.model.attention import apply_rope
-from llava.model.backends import masked_attention_interface
+from llava.model.backends import ATTN_IMPLEMENTATIONS, masked_attention_interface
 from llava.model.builder import resolve_dtype
 from llava.model.proxyv.modules import proxy_guidance
 
+from .mask_build import format_mask_build, measure_mask_build
 from .prefill_benchmark import (
-    ATTN_IMPLEMENTATIONS,
     Variant,
     build_model,
     build_variants,
+    check_flex_device,
     cpu_layout,
     make_input_ids,
 )
@@ -374,6 +378,8 @@ def format_tables(result: dict) -> str:
         out += [f"| {row['group']} | {row['median_ms']:.2f} | {_share(row)} |" for row in layer["groups"]]
         out += ["", "| once per forward | ms median (min-max) | vs one layer |", "|---|---|---|"]
         out += [f"| {row['part']} | {_ms(row)} | {_share(row)} |" for row in layer["per_forward"]]
+    if result.get("mask_build"):
+        out += ["", "ProxyV plan built with each mask rendering:", "", format_mask_build(result["mask_build"])]
     return "\n".join(out)
 
 
@@ -412,6 +418,7 @@ def check_args(args) -> None:
         raise ValueError("--device cuda was asked for but CUDA is not available here; use --device cpu.")
     if args.attn_implementation == "flash_attention_2" and args.device != "cuda":
         raise ValueError("--attn-implementation flash_attention_2 needs --device cuda.")
+    check_flex_device(args)
     spec = load_model_spec(args.model)
     depth = spec.num_layers if args.layers is None else args.layers
     if not 1 <= depth <= spec.num_layers:
@@ -444,7 +451,10 @@ def run_profile(args) -> dict:
                "attn_implementation": args.attn_implementation, "repeats": args.repeats, "warmup": args.warmup,
                "learn_proxy": args.learn_proxy, "threads": torch.get_num_threads(), "torch": torch.__version__,
                "load_average_1min": os.getloadavg()[0]}
-    return {"setting": setting, "layers": {layer.name: layer_result(layer) for layer in layers}}
+    return {"setting": setting, "layers": {layer.name: layer_result(layer) for layer in layers},
+            "mask_build": measure_mask_build(next(layer for layer in layers if layer.name == "proxyv").inputs.model.config,
+                                             args.text_tokens, args.crops, args.tokens_per_crop, args.device, dtype,
+                                             args.warmup, args.repeats)}
 
 
 def main(argv=None) -> int:

@@ -42,6 +42,7 @@ from transformers import DynamicCache
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.errors import UsageError, UserError, one_line, run_main
 from llava.model import FAMILIES
+from llava.model.backends import ATTN_IMPLEMENTATIONS
 from llava.model.builder import resolve_dtype
 from llava.model.language_model.families import FamilyClasses
 from llava.model.layout import MultimodalLayout, build_multimodal_sequence
@@ -52,7 +53,6 @@ from .presets import ModelSpec, load_model_spec
 logger = logging.getLogger(__name__)
 
 DEVICES = ("meta", "cpu", "cuda")
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 FLOP_PARTS = ("vision_flops", "projector_flops", "llm_flops", "lm_head_flops")
 LM_HEAD_NOTE = "logits of the last token only (logits_to_keep=1), as a prefill for generation computes"
 INPUT_SEED = 0
@@ -703,12 +703,20 @@ def _check_args(args) -> None:
         raise ValueError("--threads must be >= 1.")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but CUDA is not available here; use --device cpu or meta.")
+    check_flex_device(args)
     if args.attn_implementation == "flash_attention_2":
         if args.device != "cuda":
             raise ValueError("--attn-implementation flash_attention_2 needs --device cuda.")
         if not transformers.utils.is_flash_attn_2_available():
             raise ValueError("--attn-implementation flash_attention_2: flash-attn is not installed (pip install "
                              "'proxyv[flash]').")
+
+
+def check_flex_device(args) -> None:
+    """flex_attention is timed on CUDA: on CPU it runs unfused and has no backward (`llava.model.backends`)."""
+    if args.attn_implementation == "flex_attention" and args.device == "cpu":
+        raise ValueError("--attn-implementation flex_attention is timed on CUDA: on CPU FlexAttention runs unfused "
+                         "(torch's compiled CPU kernel is not used) and has no backward; time sdpa on CPU.")
 
 
 def setting(args, specs: list[ModelSpec], dtype: torch.dtype) -> dict:

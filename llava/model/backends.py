@@ -6,10 +6,9 @@ release newline positions (causal by position id), PyramidDrop's stages and the 
 flex_attention as a block-sparse `BlockMask` (`llava.model.masks` renders both from one rule);
 flash-attention cannot take one. This module is the only place that knows it:
 * `mask_limits_flash(config)` says why a config needs arbitrary masks in its *ordinary* layers (the
-  builder then loads flex_attention, or sdpa without it, instead of flash-attention, with that
-  reason in the log);
+  builder then loads flex_attention instead of flash-attention, with that reason in the log);
 * `masked_backend(config)` names the backend masked layers run (and whose mask they build): the
-  configured one, or under flash-attention flex_attention (sdpa where torch lacks it), logged once;
+  configured one, or under flash-attention flex_attention, logged once;
   `masked_attention_interface(config)` is its attention function.
 """
 
@@ -21,7 +20,6 @@ import logging
 import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import is_torch_flex_attn_available
 
 from .masks import FLEX_ATTENTION, BlockMask, MaskRule, render_mask
 from .proxyv.variants import decoder_variant
@@ -48,12 +46,11 @@ def eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
 
 def masked_backend(config) -> str:
     """The backend a layer with an arbitrary mask runs: the configured one, except under
-    flash-attention, where it is flex_attention (block-sparse masks) when torch has it, else sdpa
-    with a dense mask; said once in the log."""
+    flash-attention, where it is flex_attention (block-sparse masks); said once in the log."""
     global _said_masked_backend_for_flash
     name = config._attn_implementation
-    if name not in ("eager", "sdpa", FLEX_ATTENTION) and name.startswith("flash"):
-        name = FLEX_ATTENTION if is_torch_flex_attn_available() else "sdpa"
+    if name.startswith("flash"):
+        name = FLEX_ATTENTION
         if not _said_masked_backend_for_flash:
             logger.warning("Layers with ProxyV / position-based masks need an arbitrary mask that flash-attention "
                            "cannot take; they use %s (the other layers keep flash-attention).", name)
@@ -101,10 +98,12 @@ def _runs_flex(config) -> bool:
     return FLEX_ATTENTION in (config._attn_implementation, masked_backend(config))
 
 
-def check_flex_backward(config, device: torch.device) -> None:
-    """FlexAttention has no backward on CPU: say so before a training forward, not from inside torch."""
-    if device.type == "cpu" and _runs_flex(config):
-        raise ValueError("FlexAttention has no backward on CPU: train on CPU with attn_implementation='sdpa' "
+def check_flex_backward(config, device: torch.device, records_gradients) -> None:
+    """FlexAttention has no backward on CPU: say so before a forward that records gradients
+    (`records_gradients()` is asked only on CPU under flex), not from inside torch."""
+    if device.type == "cpu" and _runs_flex(config) and records_gradients():
+        raise ValueError("FlexAttention has no backward on CPU: run it under torch.no_grad() / "
+                         "torch.inference_mode(), and train on CPU with attn_implementation='sdpa' "
                          "(flex_attention is for CUDA).")
 
 
@@ -112,7 +111,10 @@ def flex_compile_stance(config, device: torch.device):
     """The context a forward runs in: on CPU, FlexAttention runs unfused (eagerly), because torch's
     compiled CPU flex kernel fails to build once shapes change between calls with masks that read
     per-token tensors (torch 2.13: a C++ compile error on a new prompt length or a decoding step),
-    and flex's speed matters on CUDA, where it stays compiled. Elsewhere nothing changes."""
+    and flex's speed matters on CUDA, where it stays compiled. Elsewhere nothing changes.
+
+    The stance is process-wide (torch keeps it globally, not per thread): the web demo runs one
+    generation at a time under its lock, so no other forward sees it change."""
     if device.type == "cpu" and _runs_flex(config):
         return torch.compiler.set_stance("force_eager")
     return contextlib.nullcontext()

@@ -18,7 +18,6 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoTokenizer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-from transformers.utils import is_torch_flex_attn_available
 
 from llava.errors import (
     DamagedInputError,
@@ -76,9 +75,6 @@ def resolve_attn_implementation(requested: str | None, config) -> str:
     requested = requested or "sdpa"
     if requested not in ATTN_IMPLEMENTATIONS:
         raise UsageError(f"Unknown attn_implementation '{requested}'. Known: {', '.join(ATTN_IMPLEMENTATIONS)}.")
-    if requested == FLEX_ATTENTION and not is_torch_flex_attn_available():
-        raise UsageError(f"attn_implementation '{FLEX_ATTENTION}' needs torch >= 2.5 (torch {torch.__version__} "
-                         "is installed); use sdpa.")
     if requested != "flash_attention_2":
         return requested
     from transformers.utils import is_flash_attn_2_available
@@ -88,9 +84,8 @@ def resolve_attn_implementation(requested: str | None, config) -> str:
         return "sdpa"
     reason = mask_limits_flash(config)
     if reason:
-        fallback = FLEX_ATTENTION if is_torch_flex_attn_available() else "sdpa"
-        logger.warning("flash-attention cannot run this model (%s), so %s is used.", reason, fallback)
-        return fallback
+        logger.warning("flash-attention cannot run this model (%s), so %s is used.", reason, FLEX_ATTENTION)
+        return FLEX_ATTENTION
     return requested
 
 

@@ -112,7 +112,8 @@ def test_json_and_markdown_outputs(shallow_result, tmp_path):
     json_path, markdown_path = write_outputs(shallow_result, str(tmp_path / "out"))
     assert Path(json_path).name == JSON_NAME and Path(markdown_path).name == MARKDOWN_NAME
     loaded = json.loads(Path(json_path).read_text())
-    assert set(loaded) == {"setting", "flops", "rows", "summary", "tiny_training"}
+    assert set(loaded) == {"setting", "flops", "rows", "summary", "mask_build", "tiny_training"}
+    assert [row["backend"] for row in loaded["mask_build"]] == ["sdpa", "flex_attention"]
     setting = loaded["setting"]
     assert setting["sequence_length"] == 10 + 2 * 577 and setting["dtype"] == "float32"
     assert setting["repeats"] == {"prefill": [0, 1], "decode": [0, 1], "train": [0, 1]}
@@ -123,6 +124,7 @@ def test_json_and_markdown_outputs(shallow_result, tmp_path):
     assert len(table) == 3 and all(line.count("|") == header.count("|") for line in table)
     assert "FLOPs red." in header and "red. - FLOPs red. (pts)" in header
     assert any(line.startswith("Fastest backend (baseline prefill): sdpa.") for line in lines)
+    assert any(line.startswith("| flex block mask |") for line in lines)
 
 
 def test_full_depth_training_without_checkpointing():

@@ -48,6 +48,13 @@ def test_both_layers_profile_part_by_part(tmp_path, capsys, extra):
     out = capsys.readouterr().out
     assert out.count("| part | group | ms median (min-max) | share of layer |") == 2 and "replay exact" in out
     assert "| scatter_full | gather/scatter |" in out
+    dense, block = result["mask_build"]
+    assert (dense["backend"], block["backend"]) == ("sdpa", "flex_attention")
+    proxies = 2 * 36  # 2 crops of 24 x 24 tokens, 6 x 6 proxies each
+    queries, keys = 10 + 2 + proxies, 10 + 2 * 577 + proxies  # text + newlines + proxies; sequence + proxies
+    assert dense["mask_mb"] == queries * keys * 4 / 2**20  # one float32 [1, 1, Q, K] mask
+    assert 0 < block["mask_mb"] < dense["mask_mb"] and block["min_ms"] <= block["median_ms"] <= block["max_ms"]
+    assert "| flex block mask |" in out
 
 
 @pytest.mark.parametrize("family", ["tiny-qwen3", "tiny-phi3"])
@@ -72,9 +79,10 @@ def test_a_differing_replay_is_flagged_in_the_table():
     (["--layers", "2", "--proxyv-start-layers", "2"], "--proxyv-start-layers must be one layer in [0, 1]"),
     (["--layers", "0"], "--layers must be in [1, "),
     (["--attn-implementation", "flash_attention_2"], "needs --device cuda"),
+    (["--attn-implementation", "flex_attention"], "timed on CUDA"),
     (["--json", "no/such/folder/out.json"], "not a file in an existing folder"),
     (["--model", "no-such-model"], "neither a preset"),
-], ids=["repeats", "warmup", "crops", "start-layer", "layers", "flash-on-cpu", "json-folder", "unknown-model"])
+], ids=["repeats", "warmup", "crops", "start-layer", "layers", "flash-on-cpu", "flex-on-cpu", "json-folder", "unknown-model"])
 def test_bad_options_are_one_usage_line(argv, culprit, capsys):
     assert run_main(main, ["--model", "tiny", *argv]) == 2
     err = capsys.readouterr().err

@@ -107,9 +107,10 @@ def test_start_layer_deeper_than_layers_is_rejected(capsys):
     (["--model", "no-such-model"], "neither a preset"),
     (["--model", "tiny", "--variants", "proxyv,no-such-variant"], "Unknown variant(s) ['no-such-variant']"),
     (["--model", "tiny", "--attn-implementation", "flash_attention_2"], "needs --device cuda"),
+    (["--model", "tiny", "--device", "cpu", "--attn-implementation", "flex_attention"], "timed on CUDA"),
     (["--model", "tiny", "--json", "."], "--json . is a folder"),
     (["--model", "tiny", "--json", "no/such/folder/out.json"], "does not exist"),
-], ids=["unknown-model", "unknown-variant", "flash-on-cpu", "json-is-a-folder", "json-folder-missing"])
+], ids=["unknown-model", "unknown-variant", "flash-on-cpu", "flex-on-cpu", "json-is-a-folder", "json-folder-missing"])
 def test_bad_options_are_one_usage_line(argv, culprit, capsys):
     assert run_main(main, argv) == 2
     err = capsys.readouterr().err

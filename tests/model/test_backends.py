@@ -13,7 +13,6 @@ from llava.model.backends import (
     eager_attention,
     mask_limits_flash,
     masked_attention_interface,
-    masked_backend,
     require_masks_supported,
 )
 
@@ -51,11 +50,6 @@ def test_masked_layers_use_flex_under_flash_and_say_so_once(monkeypatch, caplog)
     assert masked_attention_interface(_config("eager")) is eager_attention
     assert masked_attention_interface(_config("sdpa")) is ALL_ATTENTION_FUNCTIONS["sdpa"]
     assert masked_attention_interface(_config("flex_attention")) is ALL_ATTENTION_FUNCTIONS["flex_attention"]
-
-
-def test_masked_layers_use_sdpa_under_flash_without_flex(monkeypatch):
-    monkeypatch.setattr(backends, "is_torch_flex_attn_available", lambda: False)
-    assert masked_backend(_config("flash_attention_2")) == "sdpa"
 
 
 def test_eager_attention_equals_sdpa_with_grouped_heads_and_a_mask():

@@ -87,18 +87,54 @@ def test_every_family_under_flex_equals_sdpa(family):
         torch.testing.assert_close(base_flex(**batch).logits, base_sdpa(**batch).logits, atol=2e-5, rtol=1e-4)
 
 
-def test_proxyv_layers_get_a_block_mask_and_no_dense_mask():
-    model = tiny_proxyv_model(attn_implementation="flex_attention")
-    batch = _batch()
+def _attention_masks_seen(model, layers, batch) -> list:
+    """The `attention_mask` / ProxyV plan mask every layer in `layers` receives in one forward."""
     seen = []
-    hooks = [layer.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs.get("proxyv_plan")),
-                                             with_kwargs=True) for layer in model.model.layers[2:]]
+
+    def record(module, args, kwargs):
+        plan = kwargs.get("proxyv_plan")
+        seen.append(plan.attention_mask if plan is not None else kwargs.get("attention_mask"))
+
+    hooks = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers]
     with torch.no_grad():
         model(**batch)
     for hook in hooks:
         hook.remove()
-    assert len(seen) == 2 and seen[0] is seen[1]  # one plan, built once, shared by the ProxyV layers
-    assert isinstance(seen[0].attention_mask, BlockMask)
+    return seen
+
+
+def test_masked_layers_get_block_masks_and_no_dense_mask():
+    batch = _batch()
+    proxyv = tiny_proxyv_model(attn_implementation="flex_attention")
+    plan_masks = _attention_masks_seen(proxyv, proxyv.model.layers[2:], batch)
+    assert len(plan_masks) == 2 and plan_masks[0] is plan_masks[1]  # one plan, built once, shared
+    assert isinstance(plan_masks[0], BlockMask)
+    plan = proxyv.model._proxyv_plan(_layout_of(proxyv, batch), torch.float32)
+    assert tuple(plan_masks[0].seq_lengths) == (plan.query_positions.shape[1], plan.key_positions.shape[1])
+    for overrides in ({"image_newline_positions": "release"}, {"proxyv_variant": "mask_vision_attention"}):
+        model = tiny_proxyv_model(attn_implementation="flex_attention", **overrides)
+        assert all(isinstance(mask, BlockMask) for mask in _attention_masks_seen(model, model.model.layers, batch))
+    pyramid = tiny_llava_model(image_size=56, attn_implementation="flex_attention", num_hidden_layers=4,
+                               model_class=FAMILIES["llama"].pyramid_drop_causal_lm, pyramid_drop_layers=[1, 3])
+    stage_masks = _attention_masks_seen(pyramid, pyramid.model.layers, batch)
+    assert all(isinstance(mask, BlockMask) for mask in stage_masks) and len({id(m) for m in stage_masks}) == 3
+    assert proxyv.model.vision_tower.vision_tower.config._attn_implementation == "sdpa"  # no mask there
+
+
+def _layout_of(model, batch):
+    _, _, layout = model.prepare_inputs_labels_for_multimodal(
+        batch["input_ids"], batch["attention_mask"], batch["labels"], batch["images"], None, padding_side="right")
+    return layout
+
+
+def test_sequences_of_several_flex_blocks_equal_sdpa():
+    """168-pixel crops (144 tokens each): over 400 tokens, several 128-token blocks, some empty, some full."""
+    sdpa, flex = _pair(lambda attn: tiny_proxyv_model(attn_implementation=attn, image_size=168))
+    batch = _batch()
+    batch["images"] = random_crops(MIXED_CROPS, image_size=168)
+    assert _layout_of(flex, batch).token_kind.shape[1] > 3 * 128
+    with torch.no_grad():
+        torch.testing.assert_close(flex(**batch).logits, sdpa(**batch).logits, atol=2e-5, rtol=1e-4)
 
 
 def test_baseline_and_pyramid_drop_under_flex_equal_sdpa():
@@ -114,7 +150,7 @@ def test_baseline_and_pyramid_drop_under_flex_equal_sdpa():
         torch.testing.assert_close(got.logits, expected.logits, atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["spatial-natural", "spatial-release", "pyramid-drop"])
+@pytest.mark.parametrize("case", [*PROXYV_CASES, "pyramid-drop"])
 def test_cached_generation_of_a_padded_batch_under_flex_equals_sdpa(case):
     if case == "pyramid-drop":
         sdpa, flex = _pair(lambda attn: tiny_llava_model(
@@ -147,12 +183,15 @@ def test_gradients_and_batched_generation_under_flex_equal_sdpa_on_cuda(case):
     assert torch.equal(flex.generate(prompt["input_ids"], **settings), sdpa.generate(prompt["input_ids"], **settings))
 
 
-def test_flex_attention_refuses_training_on_cpu_clearly():
+def test_flex_attention_refuses_gradients_on_cpu_clearly():
     model = tiny_proxyv_model(attn_implementation="flex_attention").train()
     with pytest.raises(ValueError, match="FlexAttention has no backward on CPU.*sdpa"):
         model(**_batch())
-    with torch.no_grad():  # a forward without gradients (evaluation during training) is fine
+    model.eval()  # eval mode with gradients on is refused the same way
+    with pytest.raises(ValueError, match="FlexAttention has no backward on CPU"):
         model(**_batch())
+    with torch.no_grad():  # a forward without gradients (evaluation during training) is fine
+        model.train()(**_batch())
 
 
 def test_builder_accepts_flex_and_uses_it_for_masked_configs_under_flash(monkeypatch):

@@ -175,8 +175,8 @@ class LlavaCausalLM(LlavaMetaForCausalLM):
         **kwargs,
     ):
         """LLaVA's forward: with `images`, placeholders in `input_ids` are expanded first (right padding)."""
-        if self.training and torch.is_grad_enabled():
-            check_flex_backward(self.config, self.device)
+        if torch.is_grad_enabled():  # a forward that records gradients, in train or eval mode
+            check_flex_backward(self.config, self.device, lambda: any(p.requires_grad for p in self.parameters()))
         if inputs_embeds is None and self.runs_multimodal_step(input_ids, images):
             inputs_embeds, labels, multimodal_layout = self.prepare_inputs_labels_for_multimodal(
                 input_ids, attention_mask, labels, images, image_sizes, padding_side="right"

@@ -1,5 +1,6 @@
 """Build the vision tower named by a LLaVA config."""
 
+from ..masks import FLEX_ATTENTION
 from .clip_encoder import CLIPVisionTower
 
 
@@ -8,7 +9,9 @@ def build_vision_tower(config) -> CLIPVisionTower:
 
     A config that carries `mm_vision_tower_config` (our checkpoints do) builds the tower's
     architecture without reading `mm_vision_tower`, so a saved checkpoint is self-contained.
-    The tower runs with the LLaVA config's attention implementation and its VisionZip options.
+    The tower runs with the LLaVA config's attention implementation (sdpa where that is
+    flex_attention: the tower's attention has no mask, so flex would gain nothing and only compile)
+    and its VisionZip options.
     """
     name = getattr(config, "mm_vision_tower", None)
     if not name:
@@ -18,8 +21,12 @@ def build_vision_tower(config) -> CLIPVisionTower:
         select_layer=getattr(config, "mm_vision_select_layer", -2),
         select_feature=getattr(config, "mm_vision_select_feature", "patch") or "patch",
         vision_config=getattr(config, "mm_vision_tower_config", None),
-        attn_implementation=getattr(config, "_attn_implementation", None),
+        attn_implementation=_tower_attn_implementation(getattr(config, "_attn_implementation", None)),
         token_reduction=getattr(config, "vision_token_reduction", None),
         visionzip_dominant=getattr(config, "visionzip_dominant", 360),
         visionzip_contextual=getattr(config, "visionzip_contextual", 40),
     )
+
+
+def _tower_attn_implementation(llm_attn_implementation: str | None) -> str | None:
+    return "sdpa" if llm_attn_implementation == FLEX_ATTENTION else llm_attn_implementation

@@ -131,13 +131,18 @@ def _proxyv_rule(layout, query_positions, key_positions, query_valid, self_key, 
     sequence but no proxy; proxy queries see proxies and non-vision tokens but no full token. An
     unused query slot (`query_valid` False) sees only its own key `self_key`.
     """
-    seq_len = layout.token_kind.shape[1]
     key_real = torch.cat([layout.attention_mask.bool(), proxy_valid], dim=1)  # [B, T + P]
     key_is_vision = torch.cat([layout.token_kind == TOKEN_VISION, torch.zeros_like(proxy_valid)], dim=1)  # [B, T + P]
+    key_is_proxy = torch.cat([torch.zeros_like(layout.token_kind, dtype=torch.bool), proxy_valid.new_ones(
+        proxy_valid.shape)], dim=1)  # [B, T + P]
+    query_is_proxy = torch.cat([torch.zeros_like(query_valid[:, :num_light]), torch.ones_like(query_valid[:, num_light:])],
+                               dim=1)  # [B, Tl + P]
+    # Only tensors, no Python numbers, are read: a compiled flex kernel or block-mask builder would
+    # specialise on a number and recompile for every new prompt length.
 
     def visible(b, q, kv):
         causal = key_positions[b, kv] <= query_positions[b, q]
-        allowed = torch.where(q >= num_light, ~key_is_vision[b, kv], kv < seq_len)  # proxy query: no full token
+        allowed = torch.where(query_is_proxy[b, q], ~key_is_vision[b, kv], ~key_is_proxy[b, kv])  # proxy: no full token
         seen = causal & allowed & key_real[b, kv]
         return torch.where(query_valid[b, q], seen, kv == self_key[b, q])
 

@@ -153,7 +153,8 @@ class PyramidDropCache(DynamicCache):
 def _decode_rule(key_valid: torch.Tensor, num_new: int) -> MaskRule:
     """Queries are the last `num_new` of the keys marked by `key_valid` [B, K]: real keys, causally."""
     batch_size, num_keys = key_valid.shape
-    first_new = num_keys - num_new
+    # The offset is a tensor: a compiled kernel would specialise on a Python number and recompile every step.
+    first_new = torch.tensor(num_keys - num_new, device=key_valid.device)
 
     def visible(b, q, kv):
         return key_valid[b, kv] & (kv <= q + first_new)

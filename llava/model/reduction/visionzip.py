@@ -4,7 +4,7 @@
 * The CLS attention and the keys are those of the encoder layer whose output is the selected
   feature layer (`mm_vision_select_layer`). We recompute that layer's attention for the CLS query
   from its own `layer_norm1`, `q_proj` and `k_proj` on the hidden states entering it, so it works
-  with every attention backend (eager, sdpa, flash) and never asks the tower for attention maps.
+  with every attention backend (eager, sdpa, flash; sdpa under flex) and never asks the tower for attention maps.
 * Dominant: the `dominant` patches with the largest CLS attention summed over heads.
 * Contextual: the other patches, in raster order; `contextual` targets evenly spaced among them;
   every non-target goes to the target whose key (mean over heads) is most cosine-similar; each
