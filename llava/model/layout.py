@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 
 import torch
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
@@ -68,10 +69,15 @@ class MultimodalLayout:
         return self._derived[key]
 
     def to(self, device) -> "MultimodalLayout":
-        """A copy on `device`, with every derived structure moved along."""
+        """A copy on `device`, with every derived structure moved along, except one holding a
+        FlexAttention block mask: its mask function reads tensors of the old device, so it is
+        rebuilt on the new device when a decoder asks for it."""
         moved = replace(self, **_tensor_fields_to(self, device))
         for key, value in self._derived.items():
-            moved._derived[key] = replace(value, **_tensor_fields_to(value, device)) if is_dataclass(value) else value
+            if not is_dataclass(value):
+                moved._derived[key] = value
+            elif not any(isinstance(getattr(value, f.name), BlockMask) for f in fields(value)):
+                moved._derived[key] = replace(value, **_tensor_fields_to(value, device))
         return moved
 
     @property

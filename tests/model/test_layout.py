@@ -293,6 +293,10 @@ def test_derived_structures_are_built_once_and_travel_with_the_layout():
     assert grown.derived(("plan", 4), build).attention_mask.shape[-1] == plan.attention_mask.shape[-1] + 1
     assert layout.repeat_interleave(2).derived(("plan", 4), build).full_token.shape[0] == 2 * plan.full_token.shape[0]
     assert len(calls) == 3
+    # A plan holding a flex block mask is not moved (its mask function reads the old device's tensors).
+    layout.derived(("flex plan", 4), lambda lay: build_proxyv_plan(lay, 4, torch.float32, "flex_attention"))
+    moved = layout.to("cpu")
+    assert ("plan", 4) in moved._derived and ("flex plan", 4) not in moved._derived
 
 
 @pytest.mark.parametrize("scheme", ["natural", "release"])
