@@ -27,7 +27,6 @@ median minus the sum of its parts' medians (timer overhead, allocation, noise). 
 import argparse
 import dataclasses
 import inspect
-import json
 import logging
 import os
 import statistics
@@ -54,6 +53,7 @@ from .prefill_benchmark import (
     check_flex_device,
     cpu_layout,
     make_input_ids,
+    write_json,
 )
 from .presets import load_model_spec
 
@@ -472,10 +472,7 @@ def main(argv=None) -> int:
           f"({result['setting']['sequence_length']} tokens), device {args.device}, "
           f"{result['setting']['dtype']}, {args.repeats} rounds:")
     print(format_tables(result))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
-        print(f"wrote {args.json}")
+    write_json(result, args.json)
     return 0
 
 

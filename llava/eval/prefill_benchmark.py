@@ -776,6 +776,14 @@ def run_benchmark(args) -> dict:
     return {"setting": setting(args, specs, dtype), "rows": rows}
 
 
+def write_json(result: dict, path: str | None) -> None:
+    """Write `result` to `path` (nothing without one) and say so."""
+    if path:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2)
+        print(f"wrote {path}")
+
+
 def _check_json_path(path: str | None) -> None:
     """`--json` must name a file in an existing folder (checked before minutes of measuring)."""
     if path is None:
@@ -802,10 +810,7 @@ def main(argv=None) -> int:
     print(f"\nPrefill of {args.text_tokens} text tokens + {args.crops} crops "
           f"({result['setting']['sequence_length']} tokens), device {args.device}; LM head: {LM_HEAD_NOTE}.")
     print(format_table(result))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
-        print(f"wrote {args.json}")
+    write_json(result, args.json)
     return 0
 
 
