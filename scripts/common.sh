@@ -43,8 +43,11 @@ fi
 if [ "${DEEPSPEED_CONFIG}" = "none" ]; then DEEPSPEED_ARGS=(); else DEEPSPEED_ARGS=(--deepspeed "${DEEPSPEED_CONFIG}"); fi
 
 # ProxyV is on when PROXYV_START_LAYER is a number; PROXYV_START_LAYER=none trains the baseline.
+# PROXYV_REDUCE_FACTOR: proxies per crop side = patches per side / this (4 for CLIP-L/336's 24x24: 6x6 proxies;
+# 2 for the tiny CLIP's 6x6: 3x3 proxies, one per scene cell).
+PROXYV_REDUCE_FACTOR=${PROXYV_REDUCE_FACTOR:-$([ "${TINY}" = 1 ] && echo 2 || echo 4)}
 if [ "${PROXYV_START_LAYER}" = "none" ]; then PROXYV_ARGS=(); RUN_KIND=baseline
-else PROXYV_ARGS=(--proxyv_start_layer "${PROXYV_START_LAYER}" --proxyv_reduce_factor 4); RUN_KIND=proxyv-s${PROXYV_START_LAYER}; fi
+else PROXYV_ARGS=(--proxyv_start_layer "${PROXYV_START_LAYER}" --proxyv_reduce_factor "${PROXYV_REDUCE_FACTOR}"); RUN_KIND=proxyv-s${PROXYV_START_LAYER}; fi
 # PROXYV_VARIANT (README, "Study variants and token-reduction baselines") trains a study variant from
 # PROXYV_START_LAYER instead of ProxyV: skip_vision_attention, vision_mlp (mask_vision_attention is training-free).
 if [ -n "${PROXYV_VARIANT:-}" ] && [ "${PROXYV_VARIANT}" != "proxyv" ]; then
@@ -53,12 +56,14 @@ if [ -n "${PROXYV_VARIANT:-}" ] && [ "${PROXYV_VARIANT}" != "proxyv" ]; then
 fi
 
 # Token-reduction baselines (README, "Study variants and token-reduction baselines"):
-# VISION_TOKEN_REDUCTION=visionzip (VISIONZIP_DOMINANT / VISIONZIP_CONTEXTUAL, default 360 / 40 per crop);
+# VISION_TOKEN_REDUCTION=visionzip (VISIONZIP_DOMINANT / VISIONZIP_CONTEXTUAL, default 360 / 40 of a crop's 576
+# tokens; the tiny CLIP's 36 get the same shares, 22 / 3);
 # PYRAMID_DROP_LAYERS=12,20,26 (PYRAMID_DROP_RATIO, default 0.5). With ProxyV, VisionZip needs LEARN_PROXY=True.
 REDUCTION_ARGS=()
 if [ -n "${VISION_TOKEN_REDUCTION:-}" ] && [ "${VISION_TOKEN_REDUCTION}" != "none" ]; then
-  REDUCTION_ARGS+=(--vision_token_reduction "${VISION_TOKEN_REDUCTION}" --visionzip_dominant "${VISIONZIP_DOMINANT:-360}"
-                   --visionzip_contextual "${VISIONZIP_CONTEXTUAL:-40}"); RUN_KIND=${RUN_KIND}-${VISION_TOKEN_REDUCTION}
+  if [ "${TINY}" = 1 ]; then VISIONZIP_DEFAULTS=(22 3); else VISIONZIP_DEFAULTS=(360 40); fi
+  REDUCTION_ARGS+=(--vision_token_reduction "${VISION_TOKEN_REDUCTION}" --visionzip_dominant "${VISIONZIP_DOMINANT:-${VISIONZIP_DEFAULTS[0]}}"
+                   --visionzip_contextual "${VISIONZIP_CONTEXTUAL:-${VISIONZIP_DEFAULTS[1]}}"); RUN_KIND=${RUN_KIND}-${VISION_TOKEN_REDUCTION}
 fi
 if [ -n "${PYRAMID_DROP_LAYERS:-}" ] && [ "${PYRAMID_DROP_LAYERS}" != "none" ]; then
   REDUCTION_ARGS+=(--pyramid_drop_layers "${PYRAMID_DROP_LAYERS}" --pyramid_drop_ratio "${PYRAMID_DROP_RATIO:-0.5}")

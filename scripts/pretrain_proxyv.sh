@@ -9,7 +9,8 @@ source scripts/common.sh
 
 if [ "${TINY}" = 1 ]; then
   DATA_PATH=${TINY_DIR}/data/tiny_captions.json; IMAGE_FOLDER=${TINY_DIR}/data
-  BATCH=8; ACCUM=1; EPOCHS=6; LR=2e-3; MAX_LEN=2048; WORKERS=0
+  # One caption per training picture (2000): 125 steps of 16, under a minute on 2 CPU cores.
+  BATCH=16; ACCUM=1; EPOCHS=1; LR=2e-3; MAX_LEN=2048; WORKERS=0
 else
   DATA_PATH=${DATA_PATH:?set DATA_PATH to the ShareGPT4V caption json}; IMAGE_FOLDER=${IMAGE_FOLDER:?set IMAGE_FOLDER}
   BATCH=${BATCH:-32}; ACCUM=${ACCUM:-1}; EPOCHS=1; LR=1e-3; MAX_LEN=4096; WORKERS=4

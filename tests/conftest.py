@@ -22,7 +22,7 @@ def _one_torch_thread():
 def tiny_assets(tmp_path_factory):
     """The package's tiny offline assets (dataset, tokenizer, tiny Vicuna, tiny CLIP, LLaVA and
     ProxyV checkpoints), built once per session; tests must not write into them."""
-    return build_tiny_assets(tmp_path_factory.mktemp("tiny"), llm_text_steps=0)
+    return build_tiny_assets(tmp_path_factory.mktemp("tiny"), llm_text_steps=0, clip_pretrain_steps=0, num_scenes=200)
 
 # ----------------------------------------------------------------------------- tiny tokenizer
 # Used by the conversation, mm_utils, tokenizer and preprocessing tests.

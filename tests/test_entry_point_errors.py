@@ -342,7 +342,9 @@ def test_train_debug_is_transformers_and_llava_debug_shows_the_exception(train_a
     (["--out", "UNDER_FILE"], ["--out", "is a file, so the folder cannot be created"]),
     (["--seed", "-1"], ["--seed"]),
     (["--llm-text-steps", "-5"], ["--llm-text-steps", ">= 0"]),
-], ids=["out-is-file", "out-under-file", "negative-seed", "negative-steps"])
+    (["--clip-pretrain-steps", "-1"], ["--clip-pretrain-steps", ">= 0"]),
+    (["--num-scenes", "3"], ["--num-scenes", ">= 8"]),
+], ids=["out-is-file", "out-under-file", "negative-seed", "negative-steps", "negative-clip-steps", "few-scenes"])
 def test_tiny_bad_options(argv, needles, files, capsys):
     stand_ins = {"FILE": files / "plain.txt", "UNDER_FILE": files / "plain.txt" / "tiny"}
     fails(capsys, 2, tiny_main, [stand_ins.get(arg, arg) for arg in argv], *needles)
@@ -406,6 +408,7 @@ def test_model_vqa_bad_options(files, tmp_path, capsys):
     questions.write_text('{"question_id": 1, "text": "Hi"}\n')
     fails(capsys, 2, model_vqa_main, [*base, "--question-file", questions, "--num-chunks", 2, "--chunk-idx", 2],
           "--chunk-idx")
+    fails(capsys, 2, model_vqa_main, [*base, "--question-file", questions, "--num-chunks", 0], "--num-chunks must be >= 1")
     fails(capsys, 2, model_vqa_main, [*base, "--question-file", questions, "--batch-size", 0], "--batch-size")
     questions.write_text("not json\n")
     fails(capsys, 1, model_vqa_main, [*base, "--question-file", questions], "q.jsonl line 1", "not valid JSON")

@@ -14,8 +14,9 @@ from PIL import Image
 from llava.tiny.dataset import generate_tiny_dataset, iter_dataset_texts
 from llava.tiny.images import (
     COLORS,
-    IMAGE_SIZES,
+    MIXED_SIZES,
     POSITIONS,
+    SCENE_SIZE,
     SHAPES,
     Scene,
     SceneObject,
@@ -25,7 +26,9 @@ from llava.tiny.images import (
     object_radius,
     random_scene,
     render_scene,
+    scene_from_dict,
     scene_qa_pairs,
+    scene_to_dict,
 )
 
 PINPOINTS = [(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)]
@@ -60,8 +63,9 @@ def _all_records(dataset) -> list[dict]:
 
 def test_default_sizes(dataset):
     assert len(_load(dataset["captions"])) == 200
-    assert len(_load(dataset["instruct"])) == 200
+    assert len(_load(dataset["instruct"])) == 200 + 10 + 10  # one per scene, then 5% text-only and 5% two-image
     assert len(list(dataset["images"].glob("*.png"))) >= 200
+    assert len(_load(dataset["scenes"])) == 200
 
 
 def test_records_alternate_human_gpt(dataset):
@@ -94,7 +98,7 @@ def test_referenced_images_exist_and_open(dataset):
         assert path.is_file(), relative
         with Image.open(path) as image:
             assert image.mode == "RGB"
-            assert image.size in IMAGE_SIZES
+            assert image.size == SCENE_SIZE
 
 
 def test_instruct_mix_has_every_kind(dataset):
@@ -104,7 +108,8 @@ def test_instruct_mix_has_every_kind(dataset):
     single = [r for r in records if isinstance(r.get("image"), str)]
     assert text_only and multi_image and single
     assert all(len(r["image"]) == 2 for r in multi_image)
-    assert {len(r["conversations"]) // 2 for r in single} >= {1, 2, 3}
+    assert len({r["image"] for r in single}) == len(single)  # one conversation per picture
+    assert min(len(r["conversations"]) // 2 for r in single) >= 5  # every question the scene has
     arithmetic = [r for r in text_only if r["conversations"][0]["value"].startswith("What is ")]
     for record in arithmetic:
         a, op, b = re.match(r"What is (\d+) ([+-]) (\d+)\?", record["conversations"][0]["value"]).groups()
@@ -213,8 +218,8 @@ def _assert_text_drawn(image: Image.Image, scene: Scene) -> None:
 def test_answers_match_rendered_pixels():
     rng = random.Random(123)
     asked = set()
-    for _ in range(40):
-        scene = random_scene(rng)
+    for index in range(40):
+        scene = random_scene(rng, SCENE_SIZE if index % 2 else rng.choice(MIXED_SIZES))
         image = render_scene(scene)
         assert image.size == scene.size and image.mode == "RGB"
         for obj in scene.objects:
@@ -224,6 +229,13 @@ def test_answers_match_rendered_pixels():
             _check_answer(image, scene, question, answer)
             asked.add(question.split()[0] + " " + question.split()[1])
     assert {"What color", "What shape", "Where is", "How many", "What text", "Is there"} <= asked
+
+
+def test_scene_dicts_round_trip():
+    rng = random.Random(5)
+    for _ in range(20):
+        scene = random_scene(rng)
+        assert scene_from_dict(json.loads(json.dumps(scene_to_dict(scene)))) == scene
 
 
 def test_scene_rules():
@@ -266,20 +278,19 @@ def _best_resolution(width: int, height: int) -> tuple[int, int]:
     return best
 
 
-def test_anyres_crop_counts_vary(dataset):
+def test_mixed_sizes_give_every_anyres_crop_count():
     counts = set()
-    for path in dataset["images"].glob("*.png"):
-        with Image.open(path) as image:
-            cand_w, cand_h = _best_resolution(*image.size)
+    for size in MIXED_SIZES:
+        cand_w, cand_h = _best_resolution(*size)
         counts.add((cand_w // 336) * (cand_h // 336) + 1)
     assert counts == {3, 4, 5}
 
 
 def test_generation_is_deterministic(tmp_path):
-    first = generate_tiny_dataset(tmp_path / "a", num_captions=10, num_instruct=20, seed=3)
-    second = generate_tiny_dataset(tmp_path / "b", num_captions=10, num_instruct=20, seed=3)
-    other = generate_tiny_dataset(tmp_path / "c", num_captions=10, num_instruct=20, seed=4)
-    for key in ("captions", "instruct"):
+    first = generate_tiny_dataset(tmp_path / "a", num_scenes=10, seed=3)
+    second = generate_tiny_dataset(tmp_path / "b", num_scenes=10, seed=3)
+    other = generate_tiny_dataset(tmp_path / "c", num_scenes=10, seed=4)
+    for key in ("captions", "instruct", "scenes"):
         assert first[key].read_bytes() == second[key].read_bytes()
         assert first[key].read_bytes() != other[key].read_bytes()
     names = sorted(p.name for p in first["images"].iterdir())
@@ -289,9 +300,9 @@ def test_generation_is_deterministic(tmp_path):
 
 
 def test_small_dataset_still_has_every_kind(tmp_path):
-    paths = generate_tiny_dataset(tmp_path, num_captions=2, num_instruct=5, seed=1)
+    paths = generate_tiny_dataset(tmp_path, num_scenes=2, seed=1)  # at least 8 scenes are drawn
     instruct = _load(paths["instruct"])
-    assert len(_load(paths["captions"])) == 2 and len(instruct) == 5
+    assert len(_load(paths["captions"])) == 8 and len(instruct) == 8 + 1 + 1
     assert any("image" not in r for r in instruct)
     assert any(isinstance(r.get("image"), list) for r in instruct)
 

@@ -18,11 +18,12 @@ from llava.tiny.build import MARKER_NAME, TinyAssets, _data_problem, build_tiny_
 DATA, VICUNA, CLIP, LLAVA, PROXYV = "data", "tiny-vicuna", "tiny-clip-vit-336", "tiny-llava", "tiny-llava-proxyv"
 FOLDERS = (DATA, VICUNA, CLIP, LLAVA, PROXYV)
 IMAGE = "images/scene_00003.png"
+FAST = {"llm_text_steps": 0, "clip_pretrain_steps": 0, "num_scenes": 200}  # seconds to build
 
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
-    return build_tiny_assets(tmp_path_factory.mktemp("tiny-pristine"), llm_text_steps=0)
+    return build_tiny_assets(tmp_path_factory.mktemp("tiny-pristine"), **FAST)
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def rebuild(assets, caplog, **kwargs) -> tuple[set[str], list[str]]:
     before = marker_times(assets.root)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="llava.tiny.build"):
-        build_tiny_assets(assets.root, **{"llm_text_steps": 0, **kwargs})
+        build_tiny_assets(assets.root, **{**FAST, **kwargs})
     warnings = [r.getMessage() for r in caplog.records if r.name == "llava.tiny.build" and r.levelno >= logging.WARNING]
     after = marker_times(assets.root)
     return {name for name in FOLDERS if after[name] != before[name]}, warnings
@@ -179,8 +180,18 @@ def test_other_text_steps_rebuild_the_llm_and_record_them(assets, caplog, monkey
     assert rebuild(assets, caplog, llm_text_steps=2) == (set(), [])
 
 
+def test_clip_pretrained_for_other_steps_is_rebuilt_from_the_training_pictures(assets, caplog):
+    rebuilt, warnings = rebuild(assets, caplog, clip_pretrain_steps=2)
+    assert rebuilt == {CLIP, LLAVA, PROXYV}
+    assert f"{CLIP} was built with clip_pretrain_steps 0, not the 2 asked for; rebuilding {CLIP}" in warnings
+    marker = json.loads((assets.clip / MARKER_NAME).read_text())
+    assert marker["info"]["pretrained"] is True and marker["info"]["pretrain_steps"] == 2
+    assert marker["depends_on"] == {DATA: json.loads((assets.data / MARKER_NAME).read_text())["build_id"]}
+    assert rebuild(assets, caplog, clip_pretrain_steps=2) == (set(), [])
+
+
 def test_family_llm_is_rebuilt_with_the_llm_it_copies(assets, caplog):
-    build_tiny_assets(assets.root, llm_text_steps=0, family="qwen2")
+    build_tiny_assets(assets.root, **FAST, family="qwen2")
     qwen2 = assets.family_llm("qwen2")
     marker, problem = read_completion_marker(qwen2)
     assert problem is None and marker["settings"]["family"] == "qwen2"

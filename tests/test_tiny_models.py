@@ -17,7 +17,7 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from llava.tiny.models import build_tiny_clip, build_tiny_llm, tiny_llm_config
+from llava.tiny.models import build_tiny_clip, build_tiny_llm, sinusoidal_position_code, tiny_llm_config
 
 WORDS = [
     "a",
@@ -65,17 +65,31 @@ def _same_weights(dir_a, dir_b) -> bool:
 def test_tiny_clip_geometry(clip_dir):
     model = CLIPVisionModel.from_pretrained(clip_dir).eval()
     config = model.config
-    assert (config.image_size, config.patch_size, config.hidden_size) == (336, 14, 32)
-    assert (config.num_hidden_layers, config.num_attention_heads, config.intermediate_size) == (3, 2, 64)
+    assert (config.image_size, config.patch_size, config.hidden_size) == (336, 56, 64)
+    assert (config.num_hidden_layers, config.num_attention_heads, config.intermediate_size) == (3, 2, 128)
     assert config.hidden_act == "quick_gelu"
-    assert model.embeddings.position_embedding.weight.shape == (577, 32)
+    assert model.embeddings.position_embedding.weight.shape == (37, 64)  # 6x6 patches + CLS
     pixels = torch.randn(2, 3, 336, 336, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         out = model(pixel_values=pixels, output_hidden_states=True)
     assert len(out.hidden_states) == 4
-    assert all(h.shape == (2, 577, 32) for h in out.hidden_states)
-    assert out.last_hidden_state.shape == (2, 577, 32)
+    assert all(h.shape == (2, 37, 64) for h in out.hidden_states)
+    assert out.last_hidden_state.shape == (2, 37, 64)
     assert not torch.allclose(out.hidden_states[-2][0], out.hidden_states[-2][1])
+
+
+def test_tiny_clip_positions_start_as_a_2d_sinusoidal_code(clip_dir):
+    positions = CLIPVisionModel.from_pretrained(clip_dir).embeddings.position_embedding.weight.detach()[1:]  # [36, 64]
+    code = sinusoidal_position_code(6, 64)
+    assert torch.equal(positions, code)
+    grid = code.view(6, 6, 64)
+    assert torch.equal(grid[2, 0, :32], grid[2, 5, :32]) and torch.equal(grid[0, 3, 32:], grid[5, 3, 32:])  # rows, columns
+    assert not torch.equal(grid[0, 0], grid[0, 1]) and not torch.equal(grid[0, 0], grid[1, 0])
+    assert torch.allclose(grid[0, 0], torch.tensor([0.0, 1.0]).repeat_interleave(16).repeat(2))  # sin 0, cos 0
+    dot = code @ code.T
+    assert (dot.diagonal()[:, None] > dot + 1e-4).sum() == 36 * 35  # each patch's code is nearest to itself
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sinusoidal_position_code(6, 30)
 
 
 def test_tiny_clip_reloads_identically(clip_dir, tmp_path):

@@ -201,7 +201,10 @@ def check_args(args) -> None:
     check_answering_options(args)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:
+    if args.num_chunks < 1:
+        raise UsageError(f"--num-chunks must be >= 1 (the number of parts the question file is split into), got "
+                         f"{args.num_chunks}.")
+    if not 0 <= args.chunk_idx < args.num_chunks:
         raise UsageError(f"--chunk-idx must be in [0, --num-chunks), got {args.chunk_idx} of {args.num_chunks}.")
     require_path(args.question_file, "--question-file", "file")
     if args.image_folder:

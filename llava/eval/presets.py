@@ -20,7 +20,12 @@ from llava.model import FAMILIES, family_for_model_type
 from llava.model.dense_twin import NOT_CONFIG_KEYS, REDUCTION_KEYS
 from llava.model.image_merge import FLAT_NEWLINE
 from llava.model.language_model.proxyv_decoder import PROXYV_CONFIG_KEYS
-from llava.tiny.models import TINY_CLIP_CONFIG, TINY_FAMILY_OVERRIDES, TINY_LLM_CONFIG
+from llava.tiny.models import (
+    TINY_CLIP_CONFIG,
+    TINY_FAMILY_OVERRIDES,
+    TINY_LLM_CONFIG,
+    TINY_PROXYV_REDUCE_FACTOR,
+)
 
 # openai/clip-vit-large-patch14-336, vision_config of its config.json (the tower of every LLaVA-NeXT / ProxyV model).
 CLIP_L_336_NAME = "openai/clip-vit-large-patch14-336"
@@ -181,6 +186,9 @@ def preset_spec(name: str) -> ModelSpec:
     preset = PRESETS[name]
     tower = _multimodal_values("tiny-clip", TINY_CLIP_CONFIG) if name in TINY_PRESETS else \
         _multimodal_values(CLIP_L_336_NAME, CLIP_L_336)
+    if name in TINY_PRESETS:
+        return ModelSpec(preset.label, {**preset.values, **tower},
+                         proxyv_options={"proxyv_reduce_factor": TINY_PROXYV_REDUCE_FACTOR}, family=preset.family)
     return ModelSpec(preset.label, {**preset.values, **tower}, family=preset.family)
 
 

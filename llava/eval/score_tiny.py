@@ -124,6 +124,15 @@ def check_args(args) -> None:
         args.answers_file = os.path.join(args.model_path, "tiny_eval_answers.jsonl")
 
 
+def _older_than_model(answers_file: str, model_path: str) -> bool:
+    """Whether the model folder's config or weights were written after the answers file."""
+    if not os.path.isdir(model_path):
+        return False
+    answered = os.path.getmtime(answers_file)
+    return any(os.path.getmtime(entry.path) > answered for entry in os.scandir(model_path)
+               if entry.is_file() and (entry.name == "config.json" or entry.name.endswith((".safetensors", ".bin"))))
+
+
 def main(argv=None) -> int:
     """Answer (with --model-path) and score; problems raise `llava.errors.UserError` (see `run_main`)."""
     args = parse_args(argv)
@@ -132,9 +141,13 @@ def main(argv=None) -> int:
     if args.model_path is not None:
         from llava.eval import model_vqa
 
-        if os.path.isfile(args.answers_file):
+        if os.path.isfile(args.answers_file) and _older_than_model(args.answers_file, args.model_path):
+            logger.warning("%s is older than the model in %s (retrained since): answering every question again.",
+                           args.answers_file, args.model_path)
+            os.remove(args.answers_file)
+        elif os.path.isfile(args.answers_file):
             logger.warning("%s exists: its answers are reused and only missing questions are answered; delete it "
-                           "to answer everything again (e.g. after retraining the model in place).", args.answers_file)
+                           "to answer everything again.", args.answers_file)
 
         vqa_args = ["--model-path", args.model_path, "--question-file", args.question_file,
                     "--image-folder", os.path.dirname(os.path.abspath(args.question_file)),

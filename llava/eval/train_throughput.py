@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from llava.tiny.build import TinyAssets, build_tiny_assets
+from llava.tiny.build import TINY_PROXYV_START_LAYER, TinyAssets, build_tiny_assets
+from llava.tiny.models import TINY_PROXYV_REDUCE_FACTOR
 from llava.train.train import train
 
 logger = logging.getLogger(__name__)
 
-TINY_PROXYV_START_LAYER = 2  # scripts/finetune_proxyv.sh's tiny default
 TINY_GRID_PINPOINTS = "[[336,336],[336,672],[672,336]]"  # base + 1x2 / 2x1 tiles, as the tiny launch uses
 TINY_VARIANTS = (("baseline", None), ("proxyv", TINY_PROXYV_START_LAYER))
 
@@ -48,7 +48,7 @@ def train_arguments(assets: TinyAssets, output_dir: Path, steps: int, batch: int
         "--save_strategy", "no", "--logging_steps", "1000", "--seed", "0",
     ]
     if start_layer is not None:
-        arguments += ["--proxyv_start_layer", str(start_layer), "--proxyv_reduce_factor", "4"]
+        arguments += ["--proxyv_start_layer", str(start_layer), "--proxyv_reduce_factor", str(TINY_PROXYV_REDUCE_FACTOR)]
     if device == "cuda":
         arguments += ["--bf16", "True", "--tf32", "True", "--gradient_checkpointing", "True"]
     else:
@@ -97,7 +97,7 @@ def tiny_training_throughput(device: str, steps: tuple[int, int] = (5, 45), batc
         raise ValueError(f"tiny training steps must be 0 < short < long, got {steps}.")
     with tempfile.TemporaryDirectory(prefix="tiny_throughput_") as folder:
         root = Path(folder)
-        assets = assets or build_tiny_assets(root / "assets", llm_text_steps=0)
+        assets = assets or build_tiny_assets(root / "assets", llm_text_steps=0, clip_pretrain_steps=0, num_scenes=200)
         rows = [variant_throughput(assets, root, name, start, steps, batch, device) for name, start in TINY_VARIANTS]
     baseline = rows[0]["samples_per_second"]
     for row in rows:

@@ -14,18 +14,23 @@ from transformers.utils import logging as hf_logging
 from .checkpoint_names import MULTIMODAL_PREFIXES
 from .language_model.families import family_for_llm
 from .model_registry import causal_lm_class_for_config
+from .multimodal_encoder.clip_encoder import tower_patches_per_crop
 
 logger = logging.getLogger(__name__)
 
 
-
 def llava_config_from_llm(llm_config, vision_tower: str, proxyv_start_layer: int | None = None, **options):
-    """A LLaVA config of the LLM's family (ProxyV when `proxyv_start_layer` is given) carrying its architecture."""
+    """A LLaVA config of the LLM's family (ProxyV when `proxyv_start_layer` is given) carrying its architecture.
+
+    ProxyV's `per_crop_token_len` is the tower's patches per crop unless `options` give it, so that its
+    proxy grid (and the check that `proxyv_reduce_factor` divides the crop's side) fits the tower.
+    """
     classes = family_for_llm(llm_config.model_type)
     values = {k: v for k, v in llm_config.to_dict().items() if k not in ("model_type", "architectures")}
     values.update(mm_vision_tower=vision_tower, image_newline_positions="natural", **options)
     if proxyv_start_layer is None:
         return classes.config(**values)
+    values.setdefault("per_crop_token_len", tower_patches_per_crop(vision_tower))
     return classes.proxyv_config(proxyv_start_layer=proxyv_start_layer, **values)
 
 

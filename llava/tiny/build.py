@@ -32,9 +32,10 @@ from transformers import AutoTokenizer
 from llava.errors import DamagedInputError, one_line, read_json_file, read_safetensors_header
 from llava.model.assemble import build_llava_from_llm
 
-from .dataset import generate_tiny_dataset, iter_dataset_texts
+from .dataset import SCENES_FILENAME, generate_tiny_dataset, iter_dataset_texts
 from .eval_split import PER_CATEGORY, QUESTIONS_FILENAME, generate_eval_split
-from .models import build_tiny_clip, build_tiny_llm, tiny_clip_image_processor
+from .models import TINY_PROXYV_REDUCE_FACTOR, build_tiny_clip, build_tiny_llm, tiny_clip_image_processor
+from .pretrain_clip import pretrain_tiny_clip
 from .pretrain_llm import pretrain_tiny_llm
 from .tokenizer import tiny_tokenizer_corpus, train_tiny_tokenizer
 
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_TINY_DIR = Path("playground") / "tiny"
 TINY_PROXYV_START_LAYER = 2
 DEFAULT_LLM_TEXT_STEPS = 600
+DEFAULT_CLIP_PRETRAIN_STEPS = 300
+DEFAULT_NUM_SCENES = 2000
 
 MARKER_NAME = ".complete.json"
 MARKER_FORMAT = 1
@@ -66,6 +69,10 @@ class TinyAssets:
     @property
     def instruct(self) -> Path:
         return self.data / "tiny_instruct.json"
+
+    @property
+    def scenes(self) -> Path:
+        return self.data / SCENES_FILENAME
 
     @property
     def llm(self) -> Path:
@@ -211,7 +218,7 @@ def _settings_problem(folder: Path, marker: dict, settings: dict, depends_on: di
 
 def _data_problem(assets: TinyAssets) -> str | None:
     """The annotation files hold records whose images all exist."""
-    for json_path in (assets.captions, assets.instruct):
+    for json_path in (assets.captions, assets.instruct, assets.scenes):
         label = f"{assets.data.name}/{json_path.name}"
         if not json_path.is_file():
             return f"{label} is missing"
@@ -258,10 +265,11 @@ def _ensure(folder: Path, build: Callable[[], dict | None], settings: dict, depe
 
 
 def _save_llava(assets: TinyAssets, out_dir: Path, proxyv_start_layer: int | None, seed: int) -> None:
+    proxyv_options = {} if proxyv_start_layer is None else {"proxyv_reduce_factor": TINY_PROXYV_REDUCE_FACTOR}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the fresh projector / ProxyV modules are the same on every build
         model = build_llava_from_llm(str(assets.llm), str(assets.clip), proxyv_start_layer=proxyv_start_layer,
-                                     tokenizer_model_max_length=4096)
+                                     tokenizer_model_max_length=4096, **proxyv_options)
     model.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(assets.llm).save_pretrained(out_dir)
     tiny_clip_image_processor().save_pretrained(out_dir)
@@ -277,21 +285,35 @@ def _text_pretraining(llm_dir: Path, llm_text_steps: int, seed: int) -> dict:
             "text_loss_last50": sum(tail) / len(tail)}
 
 
+def _clip_pretraining(clip_dir: Path, data_dir: Path, clip_pretrain_steps: int, seed: int) -> dict:
+    """Pretrain the tower in `clip_dir` on the training pictures when asked; what the marker records."""
+    if clip_pretrain_steps <= 0:
+        return {"pretrained": False, "pretrain_steps": 0}
+    losses = pretrain_tiny_clip(clip_dir, data_dir, clip_pretrain_steps, seed=seed)
+    tail = losses[-50:]
+    return {"pretrained": True, "pretrain_steps": len(losses), "pretrain_loss_first": losses[0],
+            "pretrain_loss_last50": sum(tail) / len(tail)}
+
+
 def build_tiny_assets(root: str | Path = DEFAULT_TINY_DIR, seed: int = 0,
-                      llm_text_steps: int = DEFAULT_LLM_TEXT_STEPS, family: str = "llama") -> TinyAssets:
+                      llm_text_steps: int = DEFAULT_LLM_TEXT_STEPS, family: str = "llama",
+                      clip_pretrain_steps: int = DEFAULT_CLIP_PRETRAIN_STEPS,
+                      num_scenes: int = DEFAULT_NUM_SCENES) -> TinyAssets:
     """Build whatever is missing, damaged or out of date under `root` and return where everything is.
 
     `llm_text_steps` > 0 pretrains a newly built tiny LLM on text for that many steps (see
     `llava.tiny.pretrain_llm`, about 1 min for the default), so that the launch scripts' short
     training ends in a model that answers in kind; 0 keeps it random (the tests do: it builds in
     seconds and they need no language skill). An LLM pretrained for another number of steps than
-    asked for is rebuilt, and so is everything built from it.
+    asked for is rebuilt, and so is everything built from it. `clip_pretrain_steps` > 0 likewise
+    pretrains the tiny CLIP on the training pictures (`llava.tiny.pretrain_clip`, about a minute);
+    `num_scenes` is the number of training pictures (the tests use fewer than the default).
     """
     assets = TinyAssets(Path(root))
     llm_settings = {"seed": seed, "llm_text_steps": llm_text_steps}
 
     def build_data():
-        generate_tiny_dataset(assets.data, seed=seed)
+        generate_tiny_dataset(assets.data, num_scenes=num_scenes, seed=seed)
 
     def build_llm():
         logger.info("Training the tiny tokenizer and building the tiny Vicuna-like LLM in %s", assets.llm)
@@ -307,11 +329,12 @@ def build_tiny_assets(root: str | Path = DEFAULT_TINY_DIR, seed: int = 0,
 
     def build_clip():
         build_tiny_clip(assets.clip, seed=seed)
+        return _clip_pretraining(assets.clip, assets.data, clip_pretrain_steps, seed)
 
     def build_eval():
         return generate_eval_split(assets.eval, assets.data / "images", PER_CATEGORY, seed=seed)
 
-    data_id = _ensure(assets.data, build_data, {"seed": seed}, extra_check=lambda: _data_problem(assets),
+    data_id = _ensure(assets.data, build_data, {"seed": seed, "num_scenes": num_scenes}, extra_check=lambda: _data_problem(assets),
                       content_id=True, remove_on_rebuild=False)  # the data folder may hold the user's own files
     _ensure(assets.eval, build_eval, {"seed": seed, "per_category": PER_CATEGORY}, {"data": data_id},
             extra_check=lambda: None if assets.eval_questions.is_file() else f"{assets.eval_questions} is missing")
@@ -319,12 +342,14 @@ def build_tiny_assets(root: str | Path = DEFAULT_TINY_DIR, seed: int = 0,
     if family != "llama":
         _ensure(assets.family_llm(family), build_family_llm, {**llm_settings, "family": family},
                 {assets.llm.name: llm_id})
-    clip_id = _ensure(assets.clip, build_clip, {"seed": seed})
+    clip_id = _ensure(assets.clip, build_clip, {"seed": seed, "clip_pretrain_steps": clip_pretrain_steps},
+                      {"data": data_id} if clip_pretrain_steps > 0 else {})
     parents = {assets.llm.name: llm_id, assets.clip.name: clip_id}
     _ensure(assets.llava, lambda: _save_llava(assets, assets.llava, None, seed),
             {"seed": seed, "proxyv_start_layer": None}, parents)
     _ensure(assets.llava_proxyv, lambda: _save_llava(assets, assets.llava_proxyv, TINY_PROXYV_START_LAYER, seed),
-            {"seed": seed, "proxyv_start_layer": TINY_PROXYV_START_LAYER}, parents)
+            {"seed": seed, "proxyv_start_layer": TINY_PROXYV_START_LAYER,
+             "proxyv_reduce_factor": TINY_PROXYV_REDUCE_FACTOR}, parents)
     logger.info("Tiny assets are ready in %s", assets.root)
     return assets
 

@@ -1,11 +1,15 @@
 """Generate the tiny offline dataset in LLaVA's JSON conversation format.
 
 ``generate_tiny_dataset(out_dir)`` writes synthetic scene pictures under ``out_dir/images`` plus
-two annotation files:
+three files:
 
-* ``tiny_captions.json`` (stage 1): one short caption per image, asked for in varied words.
-* ``tiny_instruct.json`` (stage 2): single- and multi-turn questions about one image, a few
-  text-only samples and a few two-image comparisons.
+* ``tiny_captions.json`` (stage 1): one short caption per picture, asked for in varied words.
+* ``tiny_instruct.json`` (stage 2): for every picture one conversation asking all of its questions
+  (about ten turns: colours, shapes, positions, counts, text), plus a few text-only samples and a
+  few two-image comparisons (5% each). Ten supervised answers per picture, rather than one or two,
+  is what lets the tiny model learn in a few CPU minutes.
+* ``tiny_scenes.json``: what each picture shows (``llava.tiny.images.scene_to_dict``), which the
+  tiny CLIP's pretraining (``llava.tiny.pretrain_clip``) learns from.
 
 Records follow LLaVA: ``{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}]}``, where
 ``image`` is a path relative to ``out_dir`` (a list of paths for multi-image records, absent for
@@ -22,7 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from llava.tiny.images import Scene, describe_scene, random_scene, render_scene, scene_qa_pairs
+from llava.tiny.images import Scene, describe_scene, random_scene, render_scene, scene_qa_pairs, scene_to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +34,8 @@ IMAGE_PLACEHOLDER = "<image>"
 IMAGES_DIRNAME = "images"
 CAPTIONS_FILENAME = "tiny_captions.json"
 INSTRUCT_FILENAME = "tiny_instruct.json"
+SCENES_FILENAME = "tiny_scenes.json"
+EXTRA_RECORD_FRACTION = 0.05  # text-only records, and two-image records, each this fraction of the scenes
 
 CAPTION_REQUESTS = (
     "Describe the image briefly.",
@@ -73,7 +79,7 @@ class _ImagePool:
     def add(self, scene: Scene) -> int:
         index = len(self.scenes)
         relative = f"{IMAGES_DIRNAME}/scene_{index:05d}.png"
-        render_scene(scene).save(self.out_dir / relative, optimize=False, compress_level=9)
+        render_scene(scene).save(self.out_dir / relative, optimize=False, compress_level=1)
         self.scenes.append(scene)
         self.paths.append(relative)
         return index
@@ -104,14 +110,10 @@ def _caption_records(pool: _ImagePool, rng: random.Random, count: int) -> list[d
     return records
 
 
-def _single_image_record(pool: _ImagePool, rng: random.Random, record_id: str, num_turns: int) -> dict:
-    index = pool.random_index()
-    scene = pool.scenes[index]
-    pairs = scene_qa_pairs(scene, rng)
-    if rng.random() < 0.2:
-        pairs.insert(0, (rng.choice(CAPTION_REQUESTS), describe_scene(scene)))
+def _scene_questions_record(pool: _ImagePool, rng: random.Random, record_id: str, index: int) -> dict:
+    """One conversation about picture ``index`` asking every question ``scene_qa_pairs`` has for it."""
     conversations = []
-    for turn, (question, answer) in enumerate(pairs[:num_turns]):
+    for turn, (question, answer) in enumerate(scene_qa_pairs(pool.scenes[index], rng)):
         prefix = f"{IMAGE_PLACEHOLDER}\n" if turn == 0 else ""
         conversations += [_turn("human", prefix + question), _turn("gpt", answer)]
     return {"id": record_id, "image": pool.paths[index], "conversations": conversations}
@@ -162,21 +164,14 @@ def _multi_image_record(pool: _ImagePool, rng: random.Random, record_id: str) ->
     return {"id": record_id, "image": [pool.paths[i] for i in order], "conversations": conversations}
 
 
-def _instruct_records(pool: _ImagePool, rng: random.Random, count: int) -> list[dict]:
-    num_text = max(1, count // 20) if count >= 3 else 0
-    num_multi = max(1, count // 10) if count >= 3 else 0
-    kinds = ["text"] * num_text + ["multi"] * num_multi + ["single"] * (count - num_text - num_multi)
-    rng.shuffle(kinds)
-    records = []
-    single_turns = (1, 2, 1, 3)
-    for i, kind in enumerate(kinds):
-        record_id = f"tiny-inst-{i:05d}"
-        if kind == "text":
-            records.append(_text_only_record(rng, record_id))
-        elif kind == "multi":
-            records.append(_multi_image_record(pool, rng, record_id))
-        else:
-            records.append(_single_image_record(pool, rng, record_id, single_turns[i % len(single_turns)]))
+def _instruct_records(pool: _ImagePool, rng: random.Random) -> list[dict]:
+    """One all-questions conversation per pooled picture, then text-only and two-image records, shuffled."""
+    num_scenes = len(pool.scenes)
+    num_extra = max(1, round(EXTRA_RECORD_FRACTION * num_scenes))
+    records = [_scene_questions_record(pool, rng, f"tiny-inst-{i:05d}", i) for i in range(num_scenes)]
+    records += [_text_only_record(rng, f"tiny-text-{i:05d}") for i in range(num_extra)]
+    records += [_multi_image_record(pool, rng, f"tiny-pair-{i:05d}") for i in range(num_extra)]
+    rng.shuffle(records)
     return records
 
 
@@ -186,34 +181,34 @@ def _write_json(path: Path, records: list[dict]) -> None:
         handle.write("\n")
 
 
-def generate_tiny_dataset(
-    out_dir: str | Path, num_captions: int = 200, num_instruct: int = 200, seed: int = 0
-) -> dict[str, Path]:
-    """Write the tiny dataset under ``out_dir``; return its paths.
+def generate_tiny_dataset(out_dir: str | Path, num_scenes: int = 200, seed: int = 0) -> dict[str, Path]:
+    """Write the tiny dataset of ``num_scenes`` pictures (at least 8) under ``out_dir``; return its paths.
 
-    Returns ``{"root", "images", "captions", "instruct"}``. The same seed gives the same files.
-    One scene is drawn per caption record (at least 8); stage-2 records reuse these pictures.
+    Returns ``{"root", "images", "captions", "instruct", "scenes"}``. The same seed gives the same files.
     """
     out_dir = Path(out_dir)
     rng = random.Random(seed)
     pool = _ImagePool(out_dir, random.Random(rng.getrandbits(64)))
-    num_scenes = max(num_captions, 8)
+    num_scenes = max(num_scenes, 8)
     logger.info("Rendering %d synthetic scenes into %s", num_scenes, out_dir / IMAGES_DIRNAME)
     pool.add_random(num_scenes)
-    captions = _caption_records(pool, random.Random(rng.getrandbits(64)), num_captions)
-    instruct = _instruct_records(pool, random.Random(rng.getrandbits(64)), num_instruct)
+    captions = _caption_records(pool, random.Random(rng.getrandbits(64)), num_scenes)
+    instruct = _instruct_records(pool, random.Random(rng.getrandbits(64)))  # may render a few partner scenes
     paths = {
         "root": out_dir,
         "images": out_dir / IMAGES_DIRNAME,
         "captions": out_dir / CAPTIONS_FILENAME,
         "instruct": out_dir / INSTRUCT_FILENAME,
+        "scenes": out_dir / SCENES_FILENAME,
     }
     _write_json(paths["captions"], captions)
     _write_json(paths["instruct"], instruct)
+    _write_json(paths["scenes"], [{"image": path, **scene_to_dict(scene)} for path, scene in zip(pool.paths, pool.scenes)])
     logger.info(
-        "Wrote %d caption and %d instruction records using %d images to %s",
+        "Wrote %d caption and %d instruction records (%d answers) using %d images to %s",
         len(captions),
         len(instruct),
+        sum(len(record["conversations"]) // 2 for record in instruct),
         len(pool.scenes),
         out_dir,
     )
@@ -222,7 +217,7 @@ def generate_tiny_dataset(
 
 def _json_paths(paths: Mapping[str, Path] | Iterable[str | Path]) -> list[Path]:
     if isinstance(paths, Mapping):
-        return [Path(p) for p in paths.values() if str(p).endswith(".json")]
+        return [Path(p) for p in paths.values() if Path(p).name in (CAPTIONS_FILENAME, INSTRUCT_FILENAME)]
     if isinstance(paths, (str, Path)):
         return [Path(paths)]
     return [Path(p) for p in paths]
@@ -233,7 +228,7 @@ def iter_dataset_texts(
 ) -> Iterator[str]:
     """Yield every conversation turn's text from LLaVA-format JSON files.
 
-    ``paths`` is the dict returned by ``generate_tiny_dataset`` (its ``.json`` entries are read), one
+    ``paths`` is the dict returned by ``generate_tiny_dataset`` (its two annotation files are read), one
     path, or several. With ``strip_image_tokens`` the ``<image>`` placeholders (which never reach the
     tokenizer as text) and the newline after them are removed.
     """

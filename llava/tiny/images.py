@@ -5,12 +5,15 @@ triangle) placed in the cells of a 3x3 grid, and optionally a short string of ca
 digits written large in one free cell. Everything is drawn from a seeded ``random.Random`` so the same
 seed always gives the same scenes, pictures, captions and questions.
 
-Image sizes vary in aspect ratio so that LLaVA-NeXT AnyRes with the default grid pinpoints yields
-different crop counts (3, 4 and 5 crops).
+Scenes are square (336x336, ``SCENE_SIZE``) unless a size is given: with one layout, each grid cell
+falls on the same vision tokens in every picture, which a tiny model trained for minutes needs (with
+mixed aspect ratios it learnt only the background colour). ``MIXED_SIZES`` are wide, tall and
+in-between sizes for which LLaVA-NeXT AnyRes with the default grid pinpoints gives 3, 4 or 5 crops.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 import string
@@ -41,8 +44,10 @@ POSITIONS: dict[str, tuple[int, int]] = {
     "bottom": (2, 1),
     "bottom right": (2, 2),
 }
+# (width, height) of every scene the tiny dataset and its evaluation split draw.
+SCENE_SIZE: tuple[int, int] = (336, 336)
 # (width, height): square, wide, tall and in-between sizes (AnyRes gives 3, 4 or 5 crops).
-IMAGE_SIZES: tuple[tuple[int, int], ...] = (
+MIXED_SIZES: tuple[tuple[int, int], ...] = (
     (336, 336),
     (672, 336),
     (336, 672),
@@ -91,6 +96,17 @@ class Scene:
         return next((obj for obj in self.objects if obj.position == position), None)
 
 
+def scene_to_dict(scene: Scene) -> dict:
+    """The scene as plain JSON values (``scene_from_dict`` reads it back)."""
+    return dataclasses.asdict(scene)
+
+
+def scene_from_dict(values: dict) -> Scene:
+    """The scene ``scene_to_dict`` wrote."""
+    objects = tuple(SceneObject(**obj) for obj in values["objects"])
+    return Scene(**{**values, "objects": objects})
+
+
 def _text_color_for(background: str) -> str:
     """Black or white, whichever stands out more from the background."""
     r, g, b = COLORS[background]
@@ -98,9 +114,9 @@ def _text_color_for(background: str) -> str:
     return "black" if luminance > 110 else "white"
 
 
-def random_scene(rng: random.Random, size: tuple[int, int] | None = None) -> Scene:
-    """Draw a random scene; ``size`` is (width, height), picked from IMAGE_SIZES when None."""
-    width, height = size if size is not None else rng.choice(IMAGE_SIZES)
+def random_scene(rng: random.Random, size: tuple[int, int] = SCENE_SIZE) -> Scene:
+    """Draw a random scene of ``size`` (width, height)."""
+    width, height = size
     background = rng.choice(list(COLORS))
     object_colors = [name for name in COLORS if name != background]
     cells = rng.sample(list(POSITIONS), k=4)

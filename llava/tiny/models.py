@@ -1,8 +1,11 @@
 """Build tiny random-init models for offline tests and demos.
 
-* ``build_tiny_clip``: a CLIP vision tower with the real CLIP-L/336 geometry (336 px images, 14 px
-  patches, so 24x24 = 576 patch tokens plus CLS) but tiny widths, with a matching PIL-backend CLIP
-  image processor config.
+* ``build_tiny_clip``: a CLIP vision tower that reads CLIP-L/336's 336 px input with the CLIP-L/336
+  image processor (PIL backend) but is tiny: 56 px patches, so 6x6 = 36 patch tokens plus CLS per crop
+  (each cell of the tiny scenes' 3x3 grid is 2x2 patches), 64 wide, 3 layers. Its position
+  embeddings start as a 2-D sinusoidal code, not at random: a random tiny tower's positions are
+  drowned by its patch features, and the tiny questions are about where things are.
+  ``llava.tiny.pretrain_clip`` then trains it on the training pictures.
 * ``build_tiny_llm``: a tiny Vicuna-like decoder saved together with its tokenizer: a
   ``LlamaForCausalLM`` by default, or the same shape in another decoder family's own classes
   (``family="qwen2"``, ``"qwen3"``, ``"phi3"``, ``"mistral"``; see ``llava.model.FAMILIES``).
@@ -14,6 +17,7 @@ are deterministic: the same seed gives bit-identical weights. The global torch R
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +36,21 @@ from llava.model import FAMILIES
 logger = logging.getLogger(__name__)
 
 CLIP_IMAGE_SIZE = 336
-CLIP_PATCH_SIZE = 14
+CLIP_PATCH_SIZE = 56
+CLIP_HIDDEN_SIZE = 64
+TINY_PROXYV_REDUCE_FACTOR = 2  # ProxyV's r on the tiny CLIP: its 6x6 patches per crop -> 3x3 proxies, one per scene cell
+POSITION_CODE_SCALE = 1.0  # the code's amplitude; a random patch embedding's outputs are about this size
+POSITION_CODE_MAX_PERIOD = 100.0  # in patches: the slowest of the code's frequencies
 
 TINY_CLIP_CONFIG: dict[str, Any] = {
     "image_size": CLIP_IMAGE_SIZE,
     "patch_size": CLIP_PATCH_SIZE,
     "num_channels": 3,
-    "hidden_size": 32,
-    "intermediate_size": 64,
+    "hidden_size": CLIP_HIDDEN_SIZE,
+    "intermediate_size": 2 * CLIP_HIDDEN_SIZE,
     "num_hidden_layers": 3,
     "num_attention_heads": 2,
-    "projection_dim": 32,
+    "projection_dim": CLIP_HIDDEN_SIZE,
     "hidden_act": "quick_gelu",
     "layer_norm_eps": 1e-5,
     "attention_dropout": 0.0,
@@ -98,11 +106,29 @@ def tiny_clip_image_processor() -> CLIPImageProcessorPil:
     )
 
 
+def sinusoidal_position_code(grid: int, hidden_size: int) -> torch.Tensor:
+    """A 2-D sinusoidal code for a ``grid`` x ``grid`` patch raster, [grid * grid, hidden_size]: the row's
+    sines and cosines in the first half of the features, the column's in the second."""
+    if hidden_size % 4:
+        raise ValueError(f"a 2-D sinusoidal code needs a hidden size divisible by 4, got {hidden_size}")
+    quarter = hidden_size // 4
+    frequencies = torch.exp(-math.log(POSITION_CODE_MAX_PERIOD) * torch.arange(quarter) / quarter)  # [D/4]
+    angles = torch.arange(grid, dtype=torch.float32)[:, None] * frequencies  # [grid, D/4]
+    per_index = torch.cat([angles.sin(), angles.cos()], dim=1)  # [grid, D/2]
+    rows = per_index[:, None, :].expand(grid, grid, -1)  # [grid, grid, D/2]
+    cols = per_index[None, :, :].expand(grid, grid, -1)  # [grid, grid, D/2]
+    return torch.cat([rows, cols], dim=-1).reshape(grid * grid, hidden_size)
+
+
 def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
-    """Save a random-init tiny ``CLIPVisionModel`` (CLIP-L/336 geometry) and its processor config."""
+    """Save a tiny ``CLIPVisionModel`` (random weights, sinusoidal patch positions) and its processor config."""
     out_dir = Path(out_dir)
     config = CLIPVisionConfig(**TINY_CLIP_CONFIG)
     model = _seeded_init(CLIPVisionModel, config, seed)
+    grid = config.image_size // config.patch_size
+    with torch.no_grad():  # row 0 is the CLS token's; it keeps its random embedding
+        model.embeddings.position_embedding.weight[1:] = POSITION_CODE_SCALE * sinusoidal_position_code(
+            grid, config.hidden_size)
     model.save_pretrained(out_dir)
     tiny_clip_image_processor().save_pretrained(out_dir)
     num_params = sum(p.numel() for p in model.parameters())
@@ -150,4 +176,4 @@ def build_tiny_llm(
     return out_dir
 
 
-__all__ = ["TINY_FAMILY_OVERRIDES", "build_tiny_clip", "build_tiny_llm", "tiny_clip_image_processor", "tiny_llm_config"]
+__all__ = ["TINY_FAMILY_OVERRIDES", "TINY_PROXYV_REDUCE_FACTOR", "build_tiny_clip", "sinusoidal_position_code", "build_tiny_llm", "tiny_clip_image_processor", "tiny_llm_config"]

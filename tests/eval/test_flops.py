@@ -51,7 +51,7 @@ def tiny_family_spec(family: str, **overrides) -> ModelSpec:
     llm = tiny_llm_config(tiny_wordlevel_tokenizer(), family, **overrides).to_dict()
     tower = {k: v for k, v in preset_spec("tiny").llava_values.items() if k not in TINY_LLM_KEYS}
     values = {k: v for k, v in llm.items() if k not in NOT_CONFIG_KEYS}
-    return ModelSpec(f"tiny-{family}", {**values, **tower}, family=family)
+    return ModelSpec(f"tiny-{family}", {**values, **tower}, preset_spec("tiny").proxyv_options, family=family)
 
 
 TINY_FAMILIES = [*((family, {}) for family in FAMILIES), ("qwen3", {"head_dim": 32})]  # 4 heads x 32 != 64
@@ -106,7 +106,7 @@ def test_every_family_and_row_counter_equals_analytic(family, overrides):
     spec = tiny_family_spec(family, **overrides)
     variants = build_variants(spec, [0, 2], None, False, tuple(VARIANT_FAMILIES))
     variants += build_variants(spec, [1], None, True)[1:]
-    copy_back = dataclasses.replace(spec, proxyv_options={"learned_proxy_guidance": "spatial"})
+    copy_back = dataclasses.replace(spec, proxyv_options={**spec.proxyv_options, "learned_proxy_guidance": "spatial"})
     variants += build_variants(copy_back, [1], None, True)[1:]
     assert variants[-1].config.learned_proxy_guidance == "spatial"
     assert {type(v.config).model_type for v in variants} == \

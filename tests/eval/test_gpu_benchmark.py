@@ -32,6 +32,8 @@ from llava.eval.gpu_report import (
 from llava.eval.gpu_steps import OUT_OF_MEMORY, Repeats, is_out_of_memory
 from llava.eval.train_throughput import tiny_training_throughput
 
+TINY_CROP_ROWS = 37  # the tiny CLIP's 6 x 6 patches per crop, plus the crop's image-newline row
+
 REPO = Path(__file__).resolve().parents[2]
 no_cuda_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 TINY = {"preset": "tiny", "start_layers": (1, 2), "device": "cpu", "dtype": torch.float32, "text_tokens": 10,
@@ -115,7 +117,7 @@ def test_json_and_markdown_outputs(shallow_result, tmp_path):
     assert set(loaded) == {"setting", "flops", "rows", "summary", "mask_build", "tiny_training"}
     assert [row["backend"] for row in loaded["mask_build"]] == ["sdpa", "flex_attention"]
     setting = loaded["setting"]
-    assert setting["sequence_length"] == 10 + 2 * 577 and setting["dtype"] == "float32"
+    assert setting["sequence_length"] == 10 + 2 * TINY_CROP_ROWS and setting["dtype"] == "float32"
     assert setting["repeats"] == {"prefill": [0, 1], "decode": [0, 1], "train": [0, 1]}
     assert loaded["summary"]["fastest_backend"] == "sdpa"
     lines = Path(markdown_path).read_text().splitlines()

@@ -9,6 +9,8 @@ import pytest
 from llava.errors import run_main
 from llava.eval.layer_profile import UNACCOUNTED, format_tables, main
 
+TINY_CROP_ROWS = 37  # the tiny CLIP's 6 x 6 patches per crop, plus the crop's image-newline row
+
 PROXYV_PARTS = ("gather_light + cat proxies", "input norm, natural (T)", "q_proj (Tl + P)",
                 "k/v_proj (T + P, full tokens)", "RoPE (rotate)", "core attention (masked)", "o_proj",
                 "FFN (Tl + P)", "gather_full", "scatter_light", "VisionMLP: guidance (context_proj + copy)",
@@ -44,14 +46,14 @@ def test_both_layers_profile_part_by_part(tmp_path, capsys, extra):
     check_layer(baseline, BASELINE_PARTS)
     assert [row["part"] for row in proxyv["per_forward"]][0].startswith("plan: indices + mask")
     assert {row["part"] for row in baseline["per_forward"]} == {"causal mask", "RoPE cos/sin"}
-    assert result["setting"]["sequence_length"] == 10 + 2 * 577 and result["setting"]["repeats"] == 2
+    assert result["setting"]["sequence_length"] == 10 + 2 * TINY_CROP_ROWS and result["setting"]["repeats"] == 2
     out = capsys.readouterr().out
     assert out.count("| part | group | ms median (min-max) | share of layer |") == 2 and "replay exact" in out
     assert "| scatter_full | gather/scatter |" in out
     dense, block = result["mask_build"]
     assert (dense["backend"], block["backend"]) == ("sdpa", "flex_attention")
-    proxies = 2 * 36  # 2 crops of 24 x 24 tokens, 6 x 6 proxies each
-    queries, keys = 10 + 2 + proxies, 10 + 2 * 577 + proxies  # text + newlines + proxies; sequence + proxies
+    proxies = 2 * 9  # 2 crops of the tiny CLIP's 6 x 6 tokens, 3 x 3 proxies each
+    queries, keys = 10 + 2 + proxies, 10 + 2 * TINY_CROP_ROWS + proxies  # text + newlines + proxies; sequence + proxies
     assert dense["mask_mb"] == queries * keys * 4 / 2**20  # one float32 [1, 1, Q, K] mask
     assert 0 < block["mask_mb"] < dense["mask_mb"] and block["min_ms"] <= block["median_ms"] <= block["max_ms"]
     assert "| flex block mask |" in out

@@ -19,6 +19,8 @@ from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_i
 from llava.model import LlavaConfig
 from llava.model.builder import load_pretrained_model
 
+TINY_CROP_ROWS = 37  # the tiny CLIP's 6 x 6 patches per crop, plus the crop's image-newline row
+
 # Three requests whose images give 5, 4 and 3 AnyRes crops (base crop included).
 IMAGE_SIZES = [(672, 672), (1008, 336), (300, 500)]
 CONTEXTS = ["What is in the image?", "Describe the picture in detail, please.", "Colour?"]
@@ -263,8 +265,8 @@ def test_loglikelihood_loss_and_logits(plugin, visuals):
     cont_toks = input_ids[:, contxt_id.shape[1] :]
     n = cont_toks.shape[1]
     assert torch.equal(input_ids[:, : contxt_id.shape[1]], contxt_id) and n > 1
-    # Logits cover the image-expanded sequence: text + 4 crops x (576 patches + newline).
-    assert logits.shape[1] == input_ids.shape[1] - 1 + 4 * 577
+    # Logits cover the image-expanded sequence: text + 4 crops x (36 patches + newline).
+    assert logits.shape[1] == input_ids.shape[1] - 1 + 4 * TINY_CROP_ROWS
     # The continuation is the end of the sequence: row -n-1+i predicts continuation token i.
     expected = torch.nn.functional.cross_entropy(logits[0, -n - 1 : -1].float(), cont_toks[0])
     assert math.isfinite(loss.item())

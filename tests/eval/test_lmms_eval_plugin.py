@@ -30,6 +30,8 @@ from llava.mm_utils import process_images, tokenizer_image_token
 from llava.serve.inference import generation_kwargs, with_image_placeholders
 from tests.optional import import_extra
 
+TINY_CROP_ROWS = 37  # the tiny CLIP's 6 x 6 patches per crop, plus the crop's image-newline row
+
 lmms_eval_llava = import_extra("lmms_eval.models.simple.llava")
 Instance = import_extra("lmms_eval.api.instance").Instance
 
@@ -43,7 +45,7 @@ DOCS = [
     ((300, 500), (0, 0, 255), "Where is the circle in this picture?"),
     ((672, 672), (255, 0, 0), "Describe the picture in detail, please, with every shape and its colour."),
     ((336, 1008), (255, 255, 0), "Colour?"),
-    ((1008, 336), (0, 255, 0), "How many shapes are there in the picture, and which ones?"),
+    ((1008, 336), (255, 255, 255), "How many shapes are there in the picture, and which ones?"),
 ]
 CROPS = [3, 5, 4, 4]
 # lmms-eval tasks' generation kwargs (e.g. mmbench's), with a short answer.
@@ -176,8 +178,8 @@ def test_loglikelihood_equals_our_forward(checkpoint, task_docs):
         assert value > 0  # a loss, not a log-probability
         assert is_greedy is plugin_rows_greedy
         context, full = our_ids(lm, question, continuation)
-        # The rows the plugin compares lie inside the image block: each <image> became crops x 577 rows.
-        assert rows == len(full) - 1 + CROPS[doc_id] * 577
+        # The rows the plugin compares lie inside the image block: each <image> became crops x (36 patches + newline) rows.
+        assert rows == len(full) - 1 + CROPS[doc_id] * TINY_CROP_ROWS
 
 
 def test_customized_config_json_path(tiny_assets, task_docs, tmp_path):

@@ -13,6 +13,8 @@ from llava.model import FAMILIES, LlavaConfig, LlavaProxyVConfig
 from llava.tiny.models import tiny_llm_config
 from tests.model_fixtures import tiny_wordlevel_tokenizer
 
+TINY_CROP_ROWS = 37  # the tiny CLIP's 6 x 6 patches per crop, plus the crop's image-newline row
+
 ROW_KEYS = ("model", "variant", "proxyv_start_layer", "llm_flops", "flops_reduction", "prefill_time_s",
             "time_reduction", "vision_flops", "projector_flops", "lm_head_flops", "total_flops",
             "prefill_peak_memory_mb", "train_step_time_s", "decode_step_time_s")
@@ -48,7 +50,7 @@ def test_meta_run_counts_flops_only(tmp_path, capsys):
                for key in ("prefill_time_s", "time_reduction", "train_step_time_s", "decode_step_time_s"))
     setting = result["setting"]
     assert setting["device"] == "meta" and setting["crops"] == 5 and setting["text_tokens"] == 50
-    assert setting["sequence_length"] == 50 + 5 * 577
+    assert setting["sequence_length"] == 50 + 5 * TINY_CROP_ROWS
     assert "logits_to_keep=1" in setting["lm_head"]
     assert "| baseline |" in capsys.readouterr().out
 
@@ -61,7 +63,7 @@ def test_cpu_run_times_every_variant(tmp_path, interleave):
     for row in (baseline, proxyv):
         assert row["prefill_time_s"] > 0 and row["train_step_time_s"] > 0 and row["decode_step_time_s"] > 0
         assert row["prefill_peak_memory_mb"] is not None and row["train_peak_memory_mb"] is not None
-        assert row["sequence_length"] == 10 + 2 * 577
+        assert row["sequence_length"] == 10 + 2 * TINY_CROP_ROWS
         assert row["weights_mb"] > 0 and row["load_average_1min"] is not None
     assert baseline["time_reduction"] == 0
     assert isinstance(proxyv["time_reduction"], float)
@@ -176,7 +178,7 @@ def test_config_paths_load(tmp_path):
     # A checkpoint saved with a token reduction: the baseline row is the plain model, the rows set their own.
     LlavaConfig(**tiny, pyramid_drop_layers=[2]).save_pretrained(tmp_path / "pdrop")
     rows = {v.name: v.config for v in build_variants(load_model_spec(str(tmp_path / "pdrop")), [2], None, False,
-                                                     ("proxyv", "pyramiddrop", "visionzip"))}
+                                                     ("pyramiddrop", "visionzip"))}
     assert rows["baseline"].pyramid_drop_layers is None and rows["pyramiddrop"].pyramid_drop_layers == [2, 3]
 
 
@@ -188,7 +190,7 @@ def test_config_paths_of_every_family_load(tmp_path, family):
     tiny_llm_config(tiny_wordlevel_tokenizer(), family).save_pretrained(tmp_path / "llm")
     spec = load_model_spec(str(tmp_path / "llm"))
     assert spec.family == family and spec.num_layers == 4
-    tower = {k: v for k, v in preset_spec("tiny").llava_values.items() if k.startswith("mm_")}
+    tower = {k: v for k, v in preset_spec("vicuna-7b").llava_values.items() if k.startswith("mm_")}  # 24x24, r = 4
     llava_values = {k: v for k, v in spec.llava_values.items() if not k.startswith("mm_")} | tower
     classes.config(**llava_values).save_pretrained(tmp_path / "baseline")
     classes.proxyv_config(**llava_values, proxyv_start_layer=1).save_pretrained(tmp_path / "proxyv")

@@ -1,6 +1,10 @@
 """The tiny held-out split (`llava.tiny.eval_split`) and its scorer (`python -m llava.eval.score_tiny`)."""
 
 import json
+import logging
+import os
+import shutil
+import time
 
 import pytest
 from PIL import Image
@@ -78,3 +82,22 @@ def test_bad_invocations_are_one_line(tmp_path, capsys):
     assert "build the split with `python -m llava.tiny`" in capsys.readouterr().err
     assert run_main(main, []) in (2,)
     assert "Give --model-path" in capsys.readouterr().err
+
+
+def test_answers_older_than_the_model_are_answered_again(split, tiny_assets, tmp_path, caplog):
+    folder, _, questions = split
+    subset = folder / "subset-one.jsonl"
+    subset.write_text(json.dumps(questions[0]) + "\n")
+    model = shutil.copytree(tiny_assets.llava_proxyv, tmp_path / "model")
+    answers = tmp_path / "answers.jsonl"
+    stale = {"question_id": questions[0]["question_id"], "prompt": "", "text": "STALE", "answer_id": "x", "model_id": "m"}
+    answers.write_text(json.dumps(stale) + "\n")
+    args = ["--model-path", str(model), "--question-file", str(subset), "--answers-file", str(answers), "--device", "cpu"]
+    os.utime(answers, (time.time() + 60, time.time() + 60))  # newer than the model: reused as it is
+    assert run_main(main, args) == 0
+    assert json.loads(answers.read_text())["text"] == "STALE"
+    os.utime(answers, (time.time() - 60, time.time() - 60))  # the model was saved after it: answered again
+    with caplog.at_level(logging.WARNING):
+        assert run_main(main, args) == 0
+    assert json.loads(answers.read_text())["text"] != "STALE"
+    assert any("older than the model" in record.getMessage() for record in caplog.records)

@@ -277,7 +277,7 @@ def test_train_py_trains_variant_and_the_checkpoint_answers(tiny_assets, tmp_pat
         "--output_dir", str(out), "--report_to", "none", "--dataloader_num_workers", "0", "--max_steps", "2",
         "--per_device_train_batch_size", "1", "--learning_rate", "1e-3", "--save_strategy", "no",
         "--model_max_length", "8192", "--mm_tunable_parts", "mm_mlp_adapter,mm_vision_mlp,mm_language_model",
-        "--proxyv_start_layer", "1", "--proxyv_variant", variant,
+        "--proxyv_start_layer", "1", "--proxyv_reduce_factor", "2", "--proxyv_variant", variant,
     ])
     tokenizer, model, processor, _ = load_pretrained_model(str(out), None, None, device="cpu")
     assert isinstance(model, LlavaProxyVLlamaForCausalLM)

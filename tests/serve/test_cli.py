@@ -270,11 +270,11 @@ def test_over_long_conversation_is_refused_and_not_kept(assets, images):
         processor,
         load_images(images),
         "vicuna_v1",
-        context_len=1000,
+        context_len=100,
         temperature=0,
         max_new_tokens=8,
     )
-    with pytest.raises(ValueError, match="context of 1000 tokens"):
+    with pytest.raises(ValueError, match="context of 100 tokens"):
         session.ask("What is in the image?")
     assert session.conversation.messages == []
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def proxyv_stage1(tiny_assets, tmp_path_factory):
     stage1 = tmp_path_factory.mktemp("proxyv_stage1")
-    _run(_stage1(tiny_assets, stage1, "--proxyv_start_layer", "2"))
+    _run(_stage1(tiny_assets, stage1, "--proxyv_start_layer", "2", "--proxyv_reduce_factor", "2"))
     return stage1
 
 
@@ -40,7 +40,7 @@ def _adapter_layers(folder) -> int:
 
 def test_lora_stage2_saves_resumes_loads_and_merges(tiny_assets, proxyv_stage1, tmp_path):
     out = tmp_path / "lora"
-    args = [*_stage2(tiny_assets, out, proxyv_stage1 / "mm_projector.bin", "--proxyv_start_layer", "2",
+    args = [*_stage2(tiny_assets, out, proxyv_stage1 / "mm_projector.bin", "--proxyv_start_layer", "2", "--proxyv_reduce_factor", "2",
                      "--save_strategy", "steps", "--save_steps", "2"), *LORA]
     log = _run([*args, "--max_steps", "2"])
     assert re.search(r"LoRA adapters\s+[\d,]+ parameters\s+TRAINED", log), log[-3000:]
@@ -89,7 +89,7 @@ def test_zero3_lora_saves_whole_adapter_and_non_lora_weights(tiny_assets, proxyv
     from llava.model.lora_weights import plain_name
 
     out = tmp_path / "lora"
-    _run([*_stage2(tiny_assets, out, proxyv_stage1 / "mm_projector.bin", "--proxyv_start_layer", "2",
+    _run([*_stage2(tiny_assets, out, proxyv_stage1 / "mm_projector.bin", "--proxyv_start_layer", "2", "--proxyv_reduce_factor", "2",
                    "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2"),
           *LORA, "--learning_rate", "5e-2"], deepspeed=True)
     checkpoint = out / "checkpoint-2"

@@ -158,7 +158,7 @@ def _answers(model_dir, assets) -> str:
 
 def test_zero3_two_stages_proxyv_hand_off_and_answer(assets, deepspeed_cpu_ops, tmp_path):
     stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
-    log = _run(_stage1(assets, stage1, "--proxyv_start_layer", "2"), deepspeed=True)
+    log = _run(_stage1(assets, stage1, "--proxyv_start_layer", "2", "--proxyv_reduce_factor", "2"), deepspeed=True)
     # ZeRO-3 really partitioned the model over the two ranks: rank 0 (the one that logs) holds half.
     shares = re.findall(r"partitioned across 2 process\(es\); this rank holds (\d+) of their (\d+) values", log)
     assert len(shares) == 1, log[-3000:]
@@ -177,6 +177,8 @@ def test_zero3_two_stages_proxyv_hand_off_and_answer(assets, deepspeed_cpu_ops, 
             stage2,
             stage1 / "mm_projector.bin",
             "--proxyv_start_layer",
+            "2",
+            "--proxyv_reduce_factor",
             "2",
             "--max_steps",
             "1",
@@ -245,8 +247,8 @@ def test_proxyv_two_stages_on_a_qwen2_llm(assets, tmp_path):
     llm = build_tiny_llm(tmp_path / "tiny-qwen2", AutoTokenizer.from_pretrained(assets.llm), family="qwen2")
     stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
     swap = ["--model_name_or_path", str(llm)]  # later flags win in HfArgumentParser
-    _run([*_stage1(assets, stage1, "--proxyv_start_layer", "2"), *swap])
-    _run([*_stage2(assets, stage2, stage1 / "mm_projector.bin", "--proxyv_start_layer", "2", "--max_steps", "2",
+    _run([*_stage1(assets, stage1, "--proxyv_start_layer", "2", "--proxyv_reduce_factor", "2"), *swap])
+    _run([*_stage2(assets, stage2, stage1 / "mm_projector.bin", "--proxyv_start_layer", "2", "--proxyv_reduce_factor", "2", "--max_steps", "2",
                    "--save_strategy", "no"), *swap])
     config = json.loads((stage2 / "config.json").read_text())
     assert config["model_type"] == "llava_proxyv_qwen" and config["proxyv_start_layer"] == 2

@@ -38,6 +38,12 @@ def check_tower_type(name: str, values: dict, inline: bool = False) -> None:
                          "(SigLIP and EVA towers, e.g. LLaVA-OneVision's, are not).")
 
 
+def tower_patches_per_crop(vision_tower_name: str) -> int:
+    """Patch tokens per crop (g*g) of the CLIP tower at `vision_tower_name`, read from its config alone."""
+    config = CLIPVisionConfig.from_pretrained(vision_tower_name)
+    return (config.image_size // config.patch_size) ** 2
+
+
 class CLIPVisionTower(nn.Module):
     """Turns pixel crops [N, 3, H, W] into patch features [N, g*g, d_vis]."""
 
