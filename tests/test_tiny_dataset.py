@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from llava.tiny.dataset import generate_tiny_dataset, iter_dataset_texts
+from llava.tiny.dataset import CAPTION_REQUESTS, generate_tiny_dataset, iter_dataset_texts
 from llava.tiny.images import (
     COLORS,
     MIXED_SIZES,
@@ -110,6 +110,8 @@ def test_instruct_mix_has_every_kind(dataset):
     assert all(len(r["image"]) == 2 for r in multi_image)
     assert len({r["image"] for r in single}) == len(single)  # one conversation per picture
     assert min(len(r["conversations"]) // 2 for r in single) >= 5  # every question the scene has
+    captioned = [r for r in single if r["conversations"][0]["value"].split("\n", 1)[1] in CAPTION_REQUESTS]
+    assert 0.1 < len(captioned) / len(single) < 0.3  # a fifth start by asking for a caption
     arithmetic = [r for r in text_only if r["conversations"][0]["value"].startswith("What is ")]
     for record in arithmetic:
         a, op, b = re.match(r"What is (\d+) ([+-]) (\d+)\?", record["conversations"][0]["value"]).groups()

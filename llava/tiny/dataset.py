@@ -5,9 +5,9 @@ three files:
 
 * ``tiny_captions.json`` (stage 1): one short caption per picture, asked for in varied words.
 * ``tiny_instruct.json`` (stage 2): for every picture one conversation asking all of its questions
-  (about ten turns: colours, shapes, positions, counts, text), plus a few text-only samples and a
-  few two-image comparisons (5% each). Ten supervised answers per picture, rather than one or two,
-  is what lets the tiny model learn in a few CPU minutes.
+  (about ten turns: colours, shapes, positions, counts, text; a fifth start by asking for a caption),
+  plus a few text-only samples and a few two-image comparisons (5% each). Ten supervised answers
+  per picture, rather than one or two, is what lets the tiny model learn in a few CPU minutes.
 * ``tiny_scenes.json``: what each picture shows (``llava.tiny.images.scene_to_dict``), which the
   tiny CLIP's pretraining (``llava.tiny.pretrain_clip``) learns from.
 
@@ -35,6 +35,7 @@ IMAGES_DIRNAME = "images"
 CAPTIONS_FILENAME = "tiny_captions.json"
 INSTRUCT_FILENAME = "tiny_instruct.json"
 SCENES_FILENAME = "tiny_scenes.json"
+CAPTION_TURN_FRACTION = 0.2  # stage-2 conversations that start by asking for a caption
 EXTRA_RECORD_FRACTION = 0.05  # text-only records, and two-image records, each this fraction of the scenes
 
 CAPTION_REQUESTS = (
@@ -111,9 +112,14 @@ def _caption_records(pool: _ImagePool, rng: random.Random, count: int) -> list[d
 
 
 def _scene_questions_record(pool: _ImagePool, rng: random.Random, record_id: str, index: int) -> dict:
-    """One conversation about picture ``index`` asking every question ``scene_qa_pairs`` has for it."""
+    """One conversation about picture ``index`` asking every question ``scene_qa_pairs`` has for it,
+    a fifth of them first asking for a caption (so the tuned model still describes a picture)."""
+    scene = pool.scenes[index]
+    pairs = scene_qa_pairs(scene, rng)
+    if rng.random() < CAPTION_TURN_FRACTION:
+        pairs.insert(0, (rng.choice(CAPTION_REQUESTS), describe_scene(scene)))
     conversations = []
-    for turn, (question, answer) in enumerate(scene_qa_pairs(pool.scenes[index], rng)):
+    for turn, (question, answer) in enumerate(pairs):
         prefix = f"{IMAGE_PLACEHOLDER}\n" if turn == 0 else ""
         conversations += [_turn("human", prefix + question), _turn("gpt", answer)]
     return {"id": record_id, "image": pool.paths[index], "conversations": conversations}
