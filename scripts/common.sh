@@ -57,11 +57,11 @@ fi
 
 # Token-reduction baselines (README, "Study variants and token-reduction baselines"):
 # VISION_TOKEN_REDUCTION=visionzip (VISIONZIP_DOMINANT / VISIONZIP_CONTEXTUAL, default 360 / 40 of a crop's 576
-# tokens; the tiny CLIP's 36 get the same shares, 22 / 3);
+# tokens; the tiny CLIP's 36 get the same shares rounded as the benchmarks do, 22 / 2);
 # PYRAMID_DROP_LAYERS=12,20,26 (PYRAMID_DROP_RATIO, default 0.5). With ProxyV, VisionZip needs LEARN_PROXY=True.
 REDUCTION_ARGS=()
 if [ -n "${VISION_TOKEN_REDUCTION:-}" ] && [ "${VISION_TOKEN_REDUCTION}" != "none" ]; then
-  if [ "${TINY}" = 1 ]; then VISIONZIP_DEFAULTS=(22 3); else VISIONZIP_DEFAULTS=(360 40); fi
+  if [ "${TINY}" = 1 ]; then VISIONZIP_DEFAULTS=(22 2); else VISIONZIP_DEFAULTS=(360 40); fi
   REDUCTION_ARGS+=(--vision_token_reduction "${VISION_TOKEN_REDUCTION}" --visionzip_dominant "${VISIONZIP_DOMINANT:-${VISIONZIP_DEFAULTS[0]}}"
                    --visionzip_contextual "${VISIONZIP_CONTEXTUAL:-${VISIONZIP_DEFAULTS[1]}}"); RUN_KIND=${RUN_KIND}-${VISION_TOKEN_REDUCTION}
 fi

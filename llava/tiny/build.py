@@ -46,6 +46,9 @@ TINY_PROXYV_START_LAYER = 2
 DEFAULT_LLM_TEXT_STEPS = 600
 DEFAULT_CLIP_PRETRAIN_STEPS = 300
 DEFAULT_NUM_SCENES = 2000
+# Bumped when what a folder holds changes for the same settings, so folders of an earlier recipe are rebuilt.
+DATA_RECIPE = 2  # 2: square scenes, one all-questions conversation per picture, tiny_scenes.json
+CLIP_RECIPE = 2  # 2: 56 px patches, 64 wide, sinusoidal positions, pretrained on the training pictures
 
 MARKER_NAME = ".complete.json"
 MARKER_FORMAT = 1
@@ -334,7 +337,7 @@ def build_tiny_assets(root: str | Path = DEFAULT_TINY_DIR, seed: int = 0,
     def build_eval():
         return generate_eval_split(assets.eval, assets.data / "images", PER_CATEGORY, seed=seed)
 
-    data_id = _ensure(assets.data, build_data, {"seed": seed, "num_scenes": num_scenes}, extra_check=lambda: _data_problem(assets),
+    data_id = _ensure(assets.data, build_data, {"seed": seed, "num_scenes": num_scenes, "recipe": DATA_RECIPE}, extra_check=lambda: _data_problem(assets),
                       content_id=True, remove_on_rebuild=False)  # the data folder may hold the user's own files
     _ensure(assets.eval, build_eval, {"seed": seed, "per_category": PER_CATEGORY}, {"data": data_id},
             extra_check=lambda: None if assets.eval_questions.is_file() else f"{assets.eval_questions} is missing")
@@ -342,7 +345,8 @@ def build_tiny_assets(root: str | Path = DEFAULT_TINY_DIR, seed: int = 0,
     if family != "llama":
         _ensure(assets.family_llm(family), build_family_llm, {**llm_settings, "family": family},
                 {assets.llm.name: llm_id})
-    clip_id = _ensure(assets.clip, build_clip, {"seed": seed, "clip_pretrain_steps": clip_pretrain_steps},
+    clip_id = _ensure(assets.clip, build_clip, {"seed": seed, "clip_pretrain_steps": clip_pretrain_steps,
+                                                "recipe": CLIP_RECIPE},
                       {"data": data_id} if clip_pretrain_steps > 0 else {})
     parents = {assets.llm.name: llm_id, assets.clip.name: clip_id}
     _ensure(assets.llava, lambda: _save_llava(assets, assets.llava, None, seed),

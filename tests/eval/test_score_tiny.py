@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import shutil
-import time
 
 import pytest
 from PIL import Image
@@ -93,10 +92,11 @@ def test_answers_older_than_the_model_are_answered_again(split, tiny_assets, tmp
     stale = {"question_id": questions[0]["question_id"], "prompt": "", "text": "STALE", "answer_id": "x", "model_id": "m"}
     answers.write_text(json.dumps(stale) + "\n")
     args = ["--model-path", str(model), "--question-file", str(subset), "--answers-file", str(answers), "--device", "cpu"]
-    os.utime(answers, (time.time() + 60, time.time() + 60))  # newer than the model: reused as it is
+    saved = os.path.getmtime(model / "config.json")  # copytree keeps the fixture's file times
+    os.utime(answers, (saved + 60, saved + 60))  # newer than the model: reused as it is
     assert run_main(main, args) == 0
     assert json.loads(answers.read_text())["text"] == "STALE"
-    os.utime(answers, (time.time() - 60, time.time() - 60))  # the model was saved after it: answered again
+    os.utime(answers, (saved - 60, saved - 60))  # the model was saved after it: answered again
     with caplog.at_level(logging.WARNING):
         assert run_main(main, args) == 0
     assert json.loads(answers.read_text())["text"] != "STALE"

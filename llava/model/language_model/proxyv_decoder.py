@@ -107,7 +107,9 @@ class ProxyVConfigFields:
             raise ValueError(f"per_crop_token_len must be a square (g*g), got {self.per_crop_token_len}.")
         if self.proxyv_reduce_factor < 1 or grid % self.proxyv_reduce_factor:
             raise ValueError(
-                f"proxyv_reduce_factor {self.proxyv_reduce_factor} must divide the crop grid side {grid}."
+                f"proxyv_reduce_factor {self.proxyv_reduce_factor} must divide the crop grid side {grid}; choose "
+                f"one that does (--proxyv_reduce_factor, PROXYV_REDUCE_FACTOR: 4 for CLIP-L/336's 24, 2 for the "
+                "tiny CLIP's 6)."
             )
 
     @property
