@@ -62,14 +62,16 @@ def patch_targets(scene: Scene, grid: int) -> dict[str, torch.Tensor]:
             "background": torch.tensor(background), "cell": torch.tensor(cells)}
 
 
+PROCESSOR = tiny_clip_image_processor()
+PIXEL_MEAN = torch.tensor(PROCESSOR.image_mean)[:, None, None]  # [3, 1, 1]
+PIXEL_STD = torch.tensor(PROCESSOR.image_std)[:, None, None]  # [3, 1, 1]
+
+
 def tower_input(image: Image.Image, image_size: int) -> torch.Tensor:
     """The picture resized to the tower's square input and normalised as the CLIP processor does, [3, S, S]."""
-    processor = tiny_clip_image_processor()
     image = image.convert("RGB").resize((image_size, image_size), Image.Resampling.BICUBIC)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)  # [3, S, S]
-    mean = torch.tensor(processor.image_mean)[:, None, None]
-    std = torch.tensor(processor.image_std)[:, None, None]
-    return (pixels - mean) / std
+    return (pixels - PIXEL_MEAN) / PIXEL_STD
 
 
 class PatchHeads(nn.Module):
