@@ -25,7 +25,8 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "train": ["deepspeed>=0.16", "peft>=0.13", "accelerate>=1.0", "wandb"],
+        "train": ["deepspeed>=0.16", "peft>=0.13", "accelerate>=1.0", "wandb",
+                  "matplotlib>=3.8"],  # matplotlib: the small-scale study's plot
         "flash": ["flash-attn>=2.6"],
         "serve": ["gradio>=6,<7"],  # the web demo (llava.serve.gradio_web_server); tested with 6.31
         "dev": ["pytest>=8", "ruff>=0.6"],

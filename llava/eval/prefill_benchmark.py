@@ -136,11 +136,21 @@ VISIONZIP_PAPER = (360, 40, 576)  # dominant, contextual, of a crop's 576 tokens
 PYRAMID_DROP_PAPER = ([12, 20, 26], 0.5)
 
 
+def visionzip_options(tokens_per_crop: int, setting: tuple[int, int, int] = VISIONZIP_PAPER) -> dict:
+    """VisionZip's (dominant, contextual, of a crop's tokens) `setting` scaled to `tokens_per_crop`:
+    the paper's 360 + 40 of 576 by default."""
+    dominant, contextual, crop = setting
+    return {"vision_token_reduction": "visionzip", "visionzip_dominant": max(1, round(dominant * tokens_per_crop / crop)),
+            "visionzip_contextual": round(contextual * tokens_per_crop / crop)}
+
+
 def _visionzip_options(spec: ModelSpec) -> dict:
-    """The paper's 360 + 40 of 576, scaled to the preset's tokens per crop."""
-    dominant, contextual, crop = VISIONZIP_PAPER
-    return {"vision_token_reduction": "visionzip", "visionzip_dominant": max(1, round(dominant * spec.tokens_per_crop / crop)),
-            "visionzip_contextual": round(contextual * spec.tokens_per_crop / crop)}
+    return visionzip_options(spec.tokens_per_crop)
+
+
+def pyramid_drop_layers(depth: int) -> list[int]:
+    """PyramidDrop's 12, 20, 26 of 32 layers scaled to `depth` as round(l * depth / 32), within [1, depth - 1]."""
+    return sorted({min(max(round(layer * depth / PAPER_DEPTH), 1), depth - 1) for layer in PYRAMID_DROP_PAPER[0]})
 
 
 def visionzip_family(request: VariantRequest) -> list[Variant]:
@@ -154,9 +164,8 @@ def pyramid_drop_family(request: VariantRequest) -> list[Variant]:
     depth = request.depth
     if depth < 2:
         return []  # no layer to drop after
-    paper_layers, ratio = PYRAMID_DROP_PAPER
-    layers = sorted({min(max(round(layer * depth / PAPER_DEPTH), 1), depth - 1) for layer in paper_layers})
-    config = request.classes.config(**{**request.values, "pyramid_drop_layers": layers, "pyramid_drop_ratio": ratio})
+    config = request.classes.config(**{**request.values, "pyramid_drop_layers": pyramid_drop_layers(depth),
+                                       "pyramid_drop_ratio": PYRAMID_DROP_PAPER[1]})
     return [Variant(request.spec, "pyramiddrop", config, request.classes.pyramid_drop_causal_lm)]
 
 

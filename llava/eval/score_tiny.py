@@ -66,12 +66,13 @@ def _read_jsonl(path: str, what: str) -> list[dict]:
     return records
 
 
-def score(questions: list[dict], answers: list[dict]) -> dict:
-    """{category: {questions, correct, accuracy, ci95}} plus the unanswered question ids."""
+def score(questions: list[dict], answers: list[dict], categories=EVAL_CATEGORIES, key: str = "category") -> dict:
+    """{category: {questions, correct, accuracy, ci95}} plus the unanswered question ids; a question's
+    category is its `key` field (the small-scale study also scores by "group")."""
     replies = {json.dumps(answer.get("question_id")): answer.get("text", "") for answer in answers}
     result, unanswered = {}, []
-    for category in EVAL_CATEGORIES:
-        asked = [q for q in questions if q.get("category") == category]
+    for category in categories:
+        asked = [q for q in questions if q.get(key) == category]
         correct = 0
         for question in asked:
             reply = replies.get(json.dumps(question["question_id"]))

@@ -1,0 +1,163 @@
+"""`python -m llava.eval.small_scale_study`: the paper's accuracy claims at small scale, in one command.
+
+    python -m llava.eval.small_scale_study --quick            # about 20-30 minutes on 2 CPU cores
+    python -m llava.eval.small_scale_study --out study-full   # the larger preset
+
+1. Builds the tiny assets (`python -m llava.tiny`) and the study's own pictures and questions
+   (`llava.tiny.study_data`): a *coarse* group (background colour and shape of one large shape) and a
+   *dense* group (how many of up to eight small dots, each in its own vision token's patch).
+2. Trains the baseline and ProxyV from the same start (the tiny text-pretrained LLM and tiny CLIP, same
+   seed) on the same data with the launch scripts' own recipe (`scripts/pretrain_*.sh`,
+   `scripts/finetune_*.sh`; stage 2 for the preset's number of epochs).
+3. Answers the held-out questions with each method of `llava.eval.study_methods`: the two trained
+   models and, training-free on the baseline, VisionZip, PyramidDrop and the vision-to-vision masking
+   curve. Answers go to `<out>/answers/<method>.jsonl`; a re-run reuses them and skips finished runs.
+4. Writes `<out>/study.json`, `<out>/study.md` (the README table: accuracy per group with 95% Wilson
+   intervals, prefill FLOPs of one held-out question) and `<out>/study.png` (accuracy against prefill
+   FLOPs, accuracy against the masked fraction).
+
+It is a benchmark, not a test: the tests cover its pieces on tiny settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+from llava.errors import UsageError, run_main
+from llava.tiny.build import DEFAULT_TINY_DIR
+from llava.tiny.study_data import GROUPS, QUESTIONS_FILENAME, generate_study_data
+
+from .study_methods import MASK_FRACTIONS
+from .study_report import write_report
+from .study_runner import evaluate_methods
+
+logger = logging.getLogger(__name__)
+
+SCRIPTS_DIR = Path(__file__).resolve().parents[2] / "scripts"
+PRESETS = {
+    "quick": {"scenes_per_group": 1000, "questions_per_category": 300, "stage2_epochs": 4},
+    "full": {"scenes_per_group": 1500, "questions_per_category": 400, "stage2_epochs": 6},
+}
+SETTINGS_FILENAME = "study_settings.json"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train the tiny baseline and ProxyV on the study's data, then "
+                                                 "compare them with VisionZip, PyramidDrop and vision masking.")
+    parser.add_argument("--out", default="study", help="folder for the data, runs, answers and report")
+    parser.add_argument("--quick", action="store_true", help="the quick preset (about 20-30 min on 2 CPU cores)")
+    parser.add_argument("--tiny-dir", default=str(DEFAULT_TINY_DIR), help="where the tiny assets are (built if absent)")
+    parser.add_argument("--scenes-per-group", type=int, default=None, help="training pictures per group (preset's)")
+    parser.add_argument("--questions-per-category", type=int, default=None, help="held-out questions per category")
+    parser.add_argument("--stage2-epochs", type=int, default=None, help="instruction-tuning epochs (preset's)")
+    parser.add_argument("--proxyv-start-layer", type=int, default=2, help="ProxyV's s (the tiny LLM has 4 layers)")
+    parser.add_argument("--mask-fractions", default=",".join(f"{f:g}" for f in MASK_FRACTIONS),
+                        help="masked fractions q of the masking curve, comma separated, each in (0, 1]")
+    parser.add_argument("--batch-size", type=int, default=16, help="questions answered per batch")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return parser.parse_args(argv)
+
+
+def resolve_settings(args) -> dict:
+    """The run's settings: the preset's, with the options given; a UsageError names a bad one."""
+    settings = dict(PRESETS["quick" if args.quick else "full"])
+    for key in settings:
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    for key, value in settings.items():
+        if value < 1:
+            raise UsageError(f"--{key.replace('_', '-')} must be at least 1, got {value}.")
+    try:
+        fractions = [float(item) for item in args.mask_fractions.split(",") if item.strip()]
+    except ValueError as error:
+        raise UsageError(f"--mask-fractions must be numbers separated by commas, got {args.mask_fractions!r}.") from error
+    if not fractions or not all(0 < fraction <= 1 for fraction in fractions):
+        raise UsageError(f"--mask-fractions must be values in (0, 1], got {args.mask_fractions!r}.")
+    if args.proxyv_start_layer < 0:
+        raise UsageError(f"--proxyv-start-layer must be >= 0, got {args.proxyv_start_layer}.")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    return {**settings, "mask_fractions": fractions, "proxyv_start_layer": args.proxyv_start_layer,
+            "seed": args.seed, "tiny_dir": os.path.abspath(args.tiny_dir)}
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """Record the settings in `out`, or refuse to mix runs of other settings into it."""
+    path = out / SETTINGS_FILENAME
+    if path.exists():
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        if recorded != settings:
+            changed = sorted(key for key in {*recorded, *settings} if recorded.get(key) != settings.get(key))
+            raise UsageError(f"--out {out} holds a study run with other settings ({', '.join(changed)} differ); "
+                             "give a new --out folder, or delete that one to start again.")
+        logger.info("Continuing the study in %s (finished steps are reused)", out)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1), encoding="utf-8")
+
+
+def prepare_data(out: Path, settings: dict) -> Path:
+    """The study's pictures and questions in `out/data` (written once)."""
+    data = out / "data"
+    if not (data / QUESTIONS_FILENAME).exists():
+        generate_study_data(data, settings["scenes_per_group"], settings["questions_per_category"], settings["seed"])
+    return data
+
+
+def train(kind: str, out: Path, data: Path, settings: dict) -> Path:
+    """Stage 1 and stage 2 of `kind` ("baseline" or "proxyv") with the launch scripts; the stage-2 folder."""
+    runs = out / "runs"
+    finetuned = runs / f"tiny-vicuna-{_run_kind(kind, settings)}-finetune"
+    if (finetuned / "config.json").exists():
+        logger.info("The %s run in %s is finished; reusing it", kind, finetuned)
+        return finetuned
+    if not SCRIPTS_DIR.is_dir():
+        raise UsageError(f"the study trains with the launch scripts in {SCRIPTS_DIR}, which is missing: run it "
+                         "from a clone of the repository (pip install -e .).")
+    env = {**os.environ, "TINY_DIR": settings["tiny_dir"], "OUTPUT_ROOT": str(runs.resolve()),
+           "PROXYV_START_LAYER": str(settings["proxyv_start_layer"]) if kind == "proxyv" else "none"}
+    env.pop("LLM_VERSION", None)  # the tiny default, whatever the shell has set
+    env["TINY_FAMILY"] = "llama"
+    stages = [("pretrain", "study_captions.json", []),
+              ("finetune", "study_instruct.json", ["--num_train_epochs", str(settings["stage2_epochs"])])]
+    for stage, data_file, extra in stages:
+        logger.info("Training the %s model, %s stage", kind, stage)
+        command = ["bash", str(SCRIPTS_DIR / f"{stage}_{kind}.sh"), "--data_path", str((data / data_file).resolve()),
+                   "--image_folder", str(data.resolve()), "--seed", str(settings["seed"]), *extra]
+        status = subprocess.run(command, env=env, check=False).returncode
+        if status != 0:
+            raise UsageError(f"the {kind} model's {stage} stage failed (exit status {status}; its log is above): "
+                             f"{' '.join(command)}")
+    return finetuned
+
+
+def _run_kind(kind: str, settings: dict) -> str:
+    return "baseline" if kind == "baseline" else f"proxyv-s{settings['proxyv_start_layer']}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = resolve_settings(args)
+    out = Path(args.out)
+    check_settings(out, settings)
+    data = prepare_data(out, settings)
+    checkpoints = {kind: train(kind, out, data, settings) for kind in ("baseline", "proxyv")}
+    results = evaluate_methods(checkpoints, data, out / "answers", settings["mask_fractions"],
+                               Namespace(batch_size=args.batch_size))
+    paths = write_report(results, out, settings, groups=GROUPS)
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    logger.info("Wrote %s", ", ".join(str(path) for path in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
