@@ -46,6 +46,13 @@ PRESETS = {
     "full": {"scenes_per_group": 1500, "questions_per_category": 400, "stage2_epochs": 6},
 }
 SETTINGS_FILENAME = "study_settings.json"
+# The launch scripts' variables that change the model, data or recipe: the study clears them so both
+# runs train the tiny default recipe (device and launcher variables such as NUM_GPUS are kept).
+RECIPE_VARIABLES = ("LLM_VERSION", "VISION_MODEL_VERSION", "TINY_FAMILY", "DATA_PATH", "IMAGE_FOLDER", "PROMPT_VERSION",
+                    "RUN_NAME", "PRETRAIN_ADAPTER", "BATCH", "ACCUM", "GRID_PINPOINTS", "PROXYV_REDUCE_FACTOR",
+                    "PROXYV_VARIANT", "VISION_TOKEN_REDUCTION", "VISIONZIP_DOMINANT", "VISIONZIP_CONTEXTUAL",
+                    "PYRAMID_DROP_LAYERS", "PYRAMID_DROP_RATIO", "LEARN_PROXY", "LORA", "LORA_R", "LORA_ALPHA",
+                    "LORA_LR", "MM_PROJECTOR_LR", "MM_VISION_MLP_LR")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -124,8 +131,10 @@ def train(kind: str, out: Path, data: Path, settings: dict) -> Path:
                          "from a clone of the repository (pip install -e .).")
     env = {**os.environ, "TINY_DIR": settings["tiny_dir"], "OUTPUT_ROOT": str(runs.resolve()),
            "PROXYV_START_LAYER": str(settings["proxyv_start_layer"]) if kind == "proxyv" else "none"}
-    env.pop("LLM_VERSION", None)  # the tiny default, whatever the shell has set
-    env["TINY_FAMILY"] = "llama"
+    # The scripts call `python` and `torchrun`: this interpreter's, even from a virtualenv not activated.
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    for name in RECIPE_VARIABLES:  # the tiny default recipe, whatever the shell has set
+        env.pop(name, None)
     stages = [("pretrain", "study_captions.json", []),
               ("finetune", "study_instruct.json", ["--num_train_epochs", str(settings["stage2_epochs"])])]
     for stage, data_file, extra in stages:

@@ -3,6 +3,8 @@ settings guard, the launch-script wiring (with stand-in scripts), and every meth
 being scored on the tiny checkpoints. The full study is a benchmark, not a test."""
 
 import json
+import os
+import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -41,7 +43,8 @@ def test_settings_are_the_preset_with_overrides_and_a_folder_keeps_its_settings(
 
 
 STAND_IN = """#!/usr/bin/env bash
-echo "$(basename "$0") PROXYV_START_LAYER=${PROXYV_START_LAYER} TINY_DIR=${TINY_DIR} $*" >> "${OUTPUT_ROOT}/calls.log"
+echo "$(basename "$0") PYTHON=$(command -v python) LLM=${LLM_VERSION:-} ${PROXYV_VARIANT:-} ${LORA:-} PROXYV_START_LAYER=${PROXYV_START_LAYER} TINY_DIR=${TINY_DIR} $*" \
+  >> "${OUTPUT_ROOT}/calls.log"
 [ -n "${FAIL:-}" ] && exit 3
 case "$(basename "$0")" in finetune_*) kind=${PROXYV_START_LAYER/none/baseline}; [ "$kind" = baseline ] || kind=proxyv-s$kind
   mkdir -p "${OUTPUT_ROOT}/tiny-vicuna-${kind}-finetune" && echo '{}' > "${OUTPUT_ROOT}/tiny-vicuna-${kind}-finetune/config.json";;
@@ -60,7 +63,8 @@ def stand_in_scripts(tmp_path, monkeypatch):
 
 
 def test_training_runs_both_stages_of_each_model_with_the_study_data(stand_in_scripts, tmp_path, monkeypatch):
-    monkeypatch.setenv("LLM_VERSION", "some/real-model")  # a user's shell setting must not leak in
+    for name, value in (("LLM_VERSION", "some/real-model"), ("PROXYV_VARIANT", "vision_mlp"), ("LORA", "True")):
+        monkeypatch.setenv(name, value)  # a user's shell settings must not change the study's recipe
     settings = study.resolve_settings(study.parse_args(["--quick", "--tiny-dir", str(tmp_path / "tiny")]))
     out, data = tmp_path / "study", tmp_path / "study" / "data"
     (out / "runs").mkdir(parents=True)
@@ -70,10 +74,12 @@ def test_training_runs_both_stages_of_each_model_with_the_study_data(stand_in_sc
     assert [call.split()[0] for call in calls] == ["pretrain_baseline.sh", "finetune_baseline.sh",
                                                    "pretrain_proxyv.sh", "finetune_proxyv.sh"]
     assert "PROXYV_START_LAYER=none" in calls[0] and "PROXYV_START_LAYER=2" in calls[2]
+    assert all(" LLM= " in call and "vision_mlp" not in call and "True" not in call for call in calls)
     assert f"--data_path {data.resolve()}/study_captions.json" in calls[0]
     assert f"--data_path {data.resolve()}/study_instruct.json" in calls[1]
     assert f"--num_train_epochs {settings['stage2_epochs']}" in calls[1] and "--num_train_epochs" not in calls[0]
     assert f"TINY_DIR={tmp_path / 'tiny'}" in calls[0]
+    assert f"PYTHON={os.path.dirname(sys.executable)}{os.sep}python " in calls[0]  # this interpreter's environment
     study.train("baseline", out, data, settings)  # finished: reused, no new call
     assert len((out / "runs" / "calls.log").read_text().splitlines()) == 4
 
