@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llava.errors import UsageError, run_main
+from llava.errors import UsageError, UserError, run_main
 from llava.eval import small_scale_study as study
 from llava.eval.score_tiny import normalise
 from llava.eval.study_runner import evaluate_methods
@@ -88,7 +88,7 @@ def test_a_failing_stage_names_the_model_and_stage(stand_in_scripts, tmp_path, m
     monkeypatch.setenv("FAIL", "1")
     settings = study.resolve_settings(study.parse_args(["--quick"]))
     (tmp_path / "runs").mkdir()
-    with pytest.raises(UsageError, match="the proxyv model's pretrain stage failed \\(exit status 3"):
+    with pytest.raises(UserError, match="the proxyv model's pretrain stage failed \\(exit status 3"):
         study.train("proxyv", tmp_path, tmp_path / "data", settings)
 
 
