@@ -125,7 +125,7 @@ def check_args(args) -> None:
         args.answers_file = os.path.join(args.model_path, "tiny_eval_answers.jsonl")
 
 
-def _older_than_model(answers_file: str, model_path: str) -> bool:
+def older_than_model(answers_file: str, model_path: str) -> bool:
     """Whether the model folder's config or weights were written after the answers file."""
     if not os.path.isdir(model_path):
         return False
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
     if args.model_path is not None:
         from llava.eval import model_vqa
 
-        if os.path.isfile(args.answers_file) and _older_than_model(args.answers_file, args.model_path):
+        if os.path.isfile(args.answers_file) and older_than_model(args.answers_file, args.model_path):
             logger.warning("%s is older than the model in %s (retrained since): answering every question again.",
                            args.answers_file, args.model_path)
             os.remove(args.answers_file)

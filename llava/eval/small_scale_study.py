@@ -22,6 +22,7 @@ It is a benchmark, not a test: the tests cover its pieces on tiny settings.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from llava.errors import UsageError, UserError, run_main
 from llava.tiny.build import DEFAULT_TINY_DIR
+from llava.tiny.models import TINY_LLM_CONFIG
 from llava.tiny.study_data import GROUPS, QUESTIONS_FILENAME, generate_study_data
 
 from .study_methods import MASK_FRACTIONS
@@ -61,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="study", help="folder for the data, runs, answers and report")
     parser.add_argument("--quick", action="store_true",
                         help="the quick preset (about 17 min on 2 CPU cores, 13 with the tiny assets built)")
-    parser.add_argument("--tiny-dir", default=str(DEFAULT_TINY_DIR), help="where the tiny assets are (built if absent)")
+    parser.add_argument("--tiny-dir", default=str(SCRIPTS_DIR.parent / DEFAULT_TINY_DIR),
+                        help="where the tiny assets are (built if absent; default: the repository's, as the scripts use)")
     parser.add_argument("--scenes-per-group", type=int, default=None, help="training pictures per group (preset's)")
     parser.add_argument("--questions-per-category", type=int, default=None, help="held-out questions per category")
     parser.add_argument("--stage2-epochs", type=int, default=None, help="instruction-tuning epochs (preset's)")
@@ -89,8 +92,12 @@ def resolve_settings(args) -> dict:
         raise UsageError(f"--mask-fractions must be numbers separated by commas, got {args.mask_fractions!r}.") from error
     if not fractions or not all(0 < fraction <= 1 for fraction in fractions):
         raise UsageError(f"--mask-fractions must be values in (0, 1], got {args.mask_fractions!r}.")
-    if args.proxyv_start_layer < 0:
-        raise UsageError(f"--proxyv-start-layer must be >= 0, got {args.proxyv_start_layer}.")
+    layers = TINY_LLM_CONFIG["num_hidden_layers"]
+    if not 0 <= args.proxyv_start_layer < layers:
+        raise UsageError(f"--proxyv-start-layer must be in [0, {layers - 1}] (the tiny LLM has {layers} layers), got "
+                         f"{args.proxyv_start_layer}.")
+    if importlib.util.find_spec("matplotlib") is None:  # checked now, not after the training
+        raise UsageError("the study's plot needs matplotlib: pip install -e \".[train]\"")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
     return {**settings, "mask_fractions": fractions, "proxyv_start_layer": args.proxyv_start_layer,
@@ -136,6 +143,7 @@ def train(kind: str, out: Path, data: Path, settings: dict) -> Path:
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     for name in RECIPE_VARIABLES:  # the tiny default recipe, whatever the shell has set
         env.pop(name, None)
+    env["REPORT_TO"] = "none"
     stages = [("pretrain", "study_captions.json", []),
               ("finetune", "study_instruct.json", ["--num_train_epochs", str(settings["stage2_epochs"])])]
     for stage, data_file, extra in stages:

@@ -23,7 +23,7 @@ from llava.serve.inference import default_conv_mode
 from llava.tiny.study_data import GROUPS, QUESTIONS_FILENAME
 
 from .model_vqa import Answerer, answer_questions, answered_ids, read_questions
-from .score_tiny import _read_jsonl, score
+from .score_tiny import _read_jsonl, older_than_model, score
 from .study_methods import method_config, method_prefill_flops, study_methods
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,10 @@ def _answer(method, checkpoint: Path, data: Path, answers_file: Path, batch_size
     answerer = Answerer(tokenizer, model, processor, context_len, default_conv_mode(model.config, tokenizer), options)
     questions = read_questions(str(data / QUESTIONS_FILENAME))
     input_ids, pixels, _ = answerer.prepare(questions[0])
+    if answers_file.exists() and older_than_model(str(answers_file), str(checkpoint)):
+        logger.info("%s: %s is older than the model in %s (retrained); answering again", method.name,
+                    answers_file, checkpoint)
+        answers_file.unlink()
     done = answered_ids(str(answers_file))
     todo = [question for question in questions if json.dumps(question.question_id) not in done]
     if todo:

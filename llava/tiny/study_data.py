@@ -25,6 +25,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from llava.errors import UsageError
+
 from .images import COLORS, POSITIONS, SCENE_SIZE, SHAPES, Scene, SceneObject, render_scene
 
 logger = logging.getLogger(__name__)
@@ -161,8 +163,8 @@ def _held_out_questions(out_dir: Path, per_category: int, seen: set[str], seed: 
             while pixel_hash(image) in seen:  # a coarse picture repeats a training one often (1512 exist)
                 skipped += 1
                 if skipped > MAX_HELD_OUT_REPEATS:
-                    raise RuntimeError(f"{skipped} held-out {group} pictures repeated training pictures; train on "
-                                       "fewer pictures per group.")
+                    raise UsageError(f"{skipped} held-out {group} pictures repeated training pictures: there are "
+                                     "too few new ones left; lower --scenes-per-group or --questions-per-category.")
                 scene = random_study_scene(rng, group)
                 image = scene.render()
             path = f"images/eval_{group}_{index:05d}.png"

@@ -12,8 +12,10 @@ import pytest
 
 from llava.errors import UsageError, UserError, run_main
 from llava.eval import small_scale_study as study
+from llava.eval import study_runner
 from llava.eval.score_tiny import normalise
 from llava.eval.study_runner import evaluate_methods
+from llava.model.builder import load_pretrained_model
 from llava.tiny.study_data import QUESTIONS_FILENAME, generate_study_data
 
 
@@ -21,7 +23,8 @@ from llava.tiny.study_data import QUESTIONS_FILENAME, generate_study_data
     (["--scenes-per-group", "0"], "--scenes-per-group must be at least 1"),
     (["--mask-fractions", "0.5,x"], "--mask-fractions must be numbers"),
     (["--mask-fractions", "1.5"], "--mask-fractions must be values in (0, 1]"),
-    (["--proxyv-start-layer", "-1"], "--proxyv-start-layer must be >= 0"),
+    (["--proxyv-start-layer", "-1"], "--proxyv-start-layer must be in [0, 3]"),
+    (["--proxyv-start-layer", "4"], "--proxyv-start-layer must be in [0, 3]"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
 ])
 def test_bad_options_are_one_line_errors(argv, message, tmp_path, capsys):
@@ -92,7 +95,15 @@ def test_a_failing_stage_names_the_model_and_stage(stand_in_scripts, tmp_path, m
         study.train("proxyv", tmp_path, tmp_path / "data", settings)
 
 
-def test_every_method_answers_every_question_and_is_scored(tiny_assets, tmp_path):
+def test_every_method_answers_every_question_and_is_scored(tiny_assets, tmp_path, monkeypatch):
+    loaded = []
+
+    def recording_loader(*args, **kwargs):  # the config each method's model is really built with
+        model = load_pretrained_model(*args, **kwargs)
+        loaded.append(model[1].config)
+        return model
+
+    monkeypatch.setattr(study_runner, "load_pretrained_model", recording_loader)
     data = tmp_path / "data"
     generate_study_data(data, scenes_per_group=2, questions_per_category=3)
     checkpoints = {"baseline": tiny_assets.llava, "proxyv": tiny_assets.llava_proxyv}
@@ -109,6 +120,12 @@ def test_every_method_answers_every_question_and_is_scored(tiny_assets, tmp_path
             asked = [q for q in questions if q["group"] == group]
             assert score["questions"] == len(asked)
             assert score["correct"] == sum(normalise(answers[q["question_id"]]) == normalise(q["answer"]) for q in asked)
+    by_name = dict(zip(names, loaded, strict=True))
+    assert by_name["visionzip 12/36"].vision_token_reduction == "visionzip"
+    assert by_name["visionzip 12/36"].visionzip_dominant + by_name["visionzip 12/36"].visionzip_contextual == 12
+    assert by_name["pyramiddrop 2,3"].pyramid_drop_layers == [2, 3]
+    assert by_name["mask q=1"].proxyv_variant == "mask_vision_attention" and by_name["mask q=1"].proxyv_start_layer == 0
+    assert by_name["proxyv"].proxyv_start_layer is not None and by_name["baseline"].vision_token_reduction is None
     before = {path.name: path.read_text() for path in (tmp_path / "answers").iterdir()}
     evaluate_methods(checkpoints, data, tmp_path / "answers", [1.0], Namespace(batch_size=4))
     assert before == {path.name: path.read_text() for path in (tmp_path / "answers").iterdir()}  # answers reused
