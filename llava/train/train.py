@@ -317,7 +317,11 @@ def train(argv=None) -> None:
         image_processor.save_pretrained(training_args.output_dir)
         logger.info("Saved the trained model to %s", training_args.output_dir)
     if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # a clean exit instead of waiting on teardown
+        # Every rank waits here until rank 0 has written the model, then all tear down together: a rank
+        # that destroyed its process group while another was still saving aborted at exit now and then
+        # ("terminate called without an active exception", ZeRO-3 LoRA test, loaded CPUs).
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
