@@ -149,7 +149,11 @@ def _visionzip_options(spec: ModelSpec) -> dict:
 
 
 def pyramid_drop_layers(depth: int) -> list[int]:
-    """PyramidDrop's 12, 20, 26 of 32 layers scaled to `depth` as round(l * depth / 32), within [1, depth - 1]."""
+    """PyramidDrop's 12, 20, 26 of 32 layers scaled to `depth` as round(l * depth / 32), within [1, depth - 1].
+
+    Raises ValueError for a decoder under 2 layers: there is no layer to drop after."""
+    if depth < 2:
+        raise ValueError(f"PyramidDrop needs a decoder of at least 2 layers, got {depth}.")
     return sorted({min(max(round(layer * depth / PAPER_DEPTH), 1), depth - 1) for layer in PYRAMID_DROP_PAPER[0]})
 
 

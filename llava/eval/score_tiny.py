@@ -53,7 +53,7 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _read_jsonl(path: str, what: str) -> list[dict]:
+def read_jsonl(path: str, what: str) -> list[dict]:
     records = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
                     "--answers-file", args.answers_file, "--temperature", "0", "--max_new_tokens", "16",
                     "--batch-size", str(args.batch_size), "--device", args.device]
         model_vqa.main(vqa_args + (["--model-base", args.model_base] if args.model_base else []))
-    result = score(_read_jsonl(args.question_file, "question file"), _read_jsonl(args.answers_file, "answers file"))
+    result = score(read_jsonl(args.question_file, "question file"), read_jsonl(args.answers_file, "answers file"))
     print(f"Held-out tiny split ({args.question_file}), answers {args.answers_file}:\n{format_table(result)}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

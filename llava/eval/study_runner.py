@@ -23,7 +23,7 @@ from llava.serve.inference import default_conv_mode
 from llava.tiny.study_data import GROUPS, QUESTIONS_FILENAME
 
 from .model_vqa import Answerer, answer_questions, answered_ids, read_questions
-from .score_tiny import _read_jsonl, older_than_model, score
+from .score_tiny import older_than_model, read_jsonl, score
 from .study_methods import method_config, method_prefill_flops, study_methods
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def evaluate_methods(checkpoints: dict[str, Path], data: Path, answers_dir: Path
     baseline_config = AutoConfig.from_pretrained(checkpoints["baseline"])
     tower = baseline_config.mm_vision_tower_config
     tokens_per_crop = (tower["image_size"] // tower["patch_size"]) ** 2
-    questions = _read_jsonl(str(data / QUESTIONS_FILENAME), "study question file")
+    questions = read_jsonl(str(data / QUESTIONS_FILENAME), "study question file")
     categories = [category for members in GROUPS.values() for category in members]
     rows, prompt = [], None
     for method in study_methods(baseline_config.num_hidden_layers, tokens_per_crop, mask_fractions):
@@ -77,7 +77,7 @@ def evaluate_methods(checkpoints: dict[str, Path], data: Path, answers_dir: Path
         answers_file = answers_dir / f"{_slug(method.name)}.jsonl"
         text_tokens, crops = _answer(method, checkpoint, data, answers_file, options.batch_size)
         prompt = prompt or {"text_tokens": text_tokens, "crops": crops}
-        answers = _read_jsonl(str(answers_file), "answers file")
+        answers = read_jsonl(str(answers_file), "answers file")
         config = method_config(AutoConfig.from_pretrained(checkpoint), method)
         rows.append({"name": method.name, "kind": method.kind, "checkpoint": str(checkpoint),
                      "answers_file": str(answers_file),

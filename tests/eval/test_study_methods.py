@@ -4,6 +4,7 @@ import pytest
 from transformers import AutoConfig
 
 from llava.eval.flops import analytic_prefill_flops
+from llava.eval.prefill_benchmark import pyramid_drop_layers
 from llava.eval.study_methods import Method, method_config, method_prefill_flops, study_methods
 from llava.model.proxyv.study import start_layer_for_mask_ratio
 
@@ -22,6 +23,9 @@ def test_methods_of_a_four_layer_decoder_with_36_tokens_per_crop():
 
 def test_a_one_layer_decoder_has_no_pyramid_drop_and_bad_fractions_are_refused():
     assert not any(method.kind == "pyramiddrop" for method in study_methods(1, 36))
+    assert pyramid_drop_layers(2) == [1] and pyramid_drop_layers(32) == [12, 20, 26]
+    with pytest.raises(ValueError, match="at least 2 layers"):
+        pyramid_drop_layers(1)
     with pytest.raises(ValueError, match=r"in \(0, 1\]"):
         study_methods(4, 36, mask_fractions=(0.0,))
 
