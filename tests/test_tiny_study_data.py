@@ -85,6 +85,16 @@ def test_generated_files_are_deterministic_held_out_and_complete(tmp_path):
     assert {c["conversations"][1]["value"].split()[-2] for c in captions} <= set(COLORS)  # "... on a X background."
 
 
+def test_held_out_pictures_skip_repeats_of_training_and_of_each_other(tmp_path):
+    """Coarse pictures are few (1512): 300 training and 300 held-out draws repeat some, and each repeat is
+    skipped, so every held-out picture is new and distinct."""
+    result = generate_study_data(tmp_path, scenes_per_group=300, questions_per_category=300, seed=0)
+    assert result["held_out_repeats_skipped"] > 0
+    training = {pixel_hash(Image.open(path).convert("RGB")) for path in (tmp_path / "images").glob("train_*")}
+    held_out = [pixel_hash(Image.open(path).convert("RGB")) for path in (tmp_path / "images").glob("eval_*")]
+    assert len(held_out) == 600 and len(set(held_out)) == 600 and not training & set(held_out)
+
+
 def test_bad_sizes_are_refused(tmp_path):
     with pytest.raises(ValueError, match="must be >= 1"):
         generate_study_data(tmp_path, scenes_per_group=0, questions_per_category=5)

@@ -147,10 +147,11 @@ def generate_study_data(out_dir: str | Path, scenes_per_group: int, questions_pe
     (out_dir / TRAIN_FILENAME).write_text(json.dumps(conversations), encoding="utf-8")
     questions, skipped = _held_out_questions(out_dir, questions_per_category, seen, seed)
     logger.info("Wrote the study data to %s: %d training pictures, %d held-out questions (%d held-out pictures "
-                "that repeated a training picture were skipped)", out_dir, len(captions), len(questions), skipped)
+                "that repeated a training or an earlier held-out picture were skipped)", out_dir, len(captions),
+                len(questions), skipped)
     return {"captions": out_dir / CAPTIONS_FILENAME, "instruct": out_dir / TRAIN_FILENAME,
             "questions": out_dir / QUESTIONS_FILENAME, "training_pictures": len(captions),
-            "held_out_questions": len(questions)}
+            "held_out_questions": len(questions), "held_out_repeats_skipped": skipped}
 
 
 def _held_out_questions(out_dir: Path, per_category: int, seen: set[str], seed: int) -> tuple[list[dict], int]:
@@ -160,13 +161,15 @@ def _held_out_questions(out_dir: Path, per_category: int, seen: set[str], seed: 
         for index in range(per_category):
             scene = random_study_scene(rng, group)
             image = scene.render()
-            while pixel_hash(image) in seen:  # a coarse picture repeats a training one often (1512 exist)
+            while (digest := pixel_hash(image)) in seen:  # coarse pictures repeat often: only 1512 exist
                 skipped += 1
                 if skipped > MAX_HELD_OUT_REPEATS:
-                    raise UsageError(f"{skipped} held-out {group} pictures repeated training pictures: there are "
-                                     "too few new ones left; lower --scenes-per-group or --questions-per-category.")
+                    raise UsageError(f"{skipped} held-out {group} pictures repeated training or earlier held-out "
+                                     "pictures: there are too few new ones left; lower --scenes-per-group or "
+                                     "--questions-per-category.")
                 scene = random_study_scene(rng, group)
                 image = scene.render()
+            seen.add(digest)  # every held-out picture is new, so the intervals count distinct pictures
             path = f"images/eval_{group}_{index:05d}.png"
             image.save(out_dir / path, compress_level=1)
             for category in categories:
