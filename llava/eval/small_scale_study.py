@@ -34,7 +34,7 @@ from pathlib import Path
 from llava.errors import UsageError, UserError, run_main
 from llava.tiny.build import DEFAULT_TINY_DIR
 from llava.tiny.models import TINY_LLM_CONFIG
-from llava.tiny.study_data import GROUPS, QUESTIONS_FILENAME, generate_study_data
+from llava.tiny.study_data import GROUPS, QUESTIONS_FILENAME, STUDY_DATA_VERSION, generate_study_data
 
 from .study_methods import MASK_FRACTIONS
 from .study_report import write_report
@@ -101,7 +101,7 @@ def resolve_settings(args) -> dict:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
     return {**settings, "mask_fractions": fractions, "proxyv_start_layer": args.proxyv_start_layer,
-            "seed": args.seed, "tiny_dir": os.path.abspath(args.tiny_dir)}
+            "seed": args.seed, "tiny_dir": os.path.abspath(args.tiny_dir), "data_version": STUDY_DATA_VERSION}
 
 
 def check_settings(out: Path, settings: dict) -> None:

@@ -45,11 +45,13 @@ def _answer(method, checkpoint: Path, data: Path, answers_file: Path, batch_size
     options = Namespace(temperature=0.0, max_new_tokens=MAX_NEW_TOKENS, top_p=None, num_beams=1,
                         image_folder=str(data))
     answerer = Answerer(tokenizer, model, processor, context_len, default_conv_mode(model.config, tokenizer), options)
-    questions = read_questions(str(data / QUESTIONS_FILENAME))
+    questions_file = data / QUESTIONS_FILENAME
+    questions = read_questions(str(questions_file))
     input_ids, pixels, _ = answerer.prepare(questions[0])
-    if answers_file.exists() and older_than_model(str(answers_file), str(checkpoint)):
-        logger.info("%s: %s is older than the model in %s (retrained); answering again", method.name,
-                    answers_file, checkpoint)
+    if answers_file.exists() and (older_than_model(str(answers_file), str(checkpoint))
+                                  or answers_file.stat().st_mtime < questions_file.stat().st_mtime):
+        logger.info("%s: %s is older than the model in %s or the questions in %s; answering again", method.name,
+                    answers_file, checkpoint, questions_file)
         answers_file.unlink()
     done = answered_ids(str(answers_file))
     todo = [question for question in questions if json.dumps(question.question_id) not in done]

@@ -10,7 +10,8 @@
 
 Pictures are square (``SCENE_SIZE``) like the tiny dataset's. Everything comes from a seeded
 ``random.Random``; held-out pictures are drawn from a stream of their own and any that repeats a
-training picture pixel for pixel is skipped.
+training picture or an earlier held-out picture pixel for pixel is skipped, so every held-out picture
+is new and distinct.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ TRAIN_FILENAME = "study_instruct.json"
 CAPTIONS_FILENAME = "study_captions.json"
 QUESTIONS_FILENAME = "study_questions.jsonl"
 MAX_HELD_OUT_REPEATS = 100_000
+# Bumped when the same settings give other pictures or questions, so a study folder of an older version
+# is refused rather than mixed. 2: held-out pictures are distinct from each other.
+STUDY_DATA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -164,9 +168,9 @@ def _held_out_questions(out_dir: Path, per_category: int, seen: set[str], seed: 
             while (digest := pixel_hash(image)) in seen:  # coarse pictures repeat often: only 1512 exist
                 skipped += 1
                 if skipped > MAX_HELD_OUT_REPEATS:
-                    raise UsageError(f"{skipped} held-out {group} pictures repeated training or earlier held-out "
-                                     "pictures: there are too few new ones left; lower --scenes-per-group or "
-                                     "--questions-per-category.")
+                    raise UsageError(f"{skipped} held-out pictures repeated training or earlier held-out pictures "
+                                     f"(the {group} group ran out of new ones); lower --scenes-per-group or "
+                                     "--questions-per-category, with a new --out folder.")
                 scene = random_study_scene(rng, group)
                 image = scene.render()
             seen.add(digest)  # every held-out picture is new, so the intervals count distinct pictures

@@ -43,6 +43,9 @@ def test_settings_are_the_preset_with_overrides_and_a_folder_keeps_its_settings(
     study.check_settings(tmp_path, settings)  # the same settings continue
     with pytest.raises(UsageError, match="other settings \\(stage2_epochs differ\\)"):
         study.check_settings(tmp_path, {**settings, "stage2_epochs": 2})
+    older_version = {key: value for key, value in settings.items() if key != "data_version"}
+    with pytest.raises(UsageError, match="data_version differ"):  # a folder of an older data version is refused
+        study.check_settings(tmp_path, older_version)
 
 
 STAND_IN = """#!/usr/bin/env bash
@@ -129,3 +132,14 @@ def test_every_method_answers_every_question_and_is_scored(tiny_assets, tmp_path
     before = {path.name: path.read_text() for path in (tmp_path / "answers").iterdir()}
     evaluate_methods(checkpoints, data, tmp_path / "answers", [1.0], Namespace(batch_size=4))
     assert before == {path.name: path.read_text() for path in (tmp_path / "answers").iterdir()}  # answers reused
+
+    baseline_answers = Path(results["methods"][0]["answers_file"])
+    baseline_answers.write_text("".join(json.dumps({**json.loads(line), "text": "stale"}) + "\n"
+                                        for line in before[baseline_answers.name].splitlines()))
+    questions_written = baseline_answers.stat().st_mtime + 10  # the questions were written again since
+    os.utime(data / QUESTIONS_FILENAME, (questions_written, questions_written))
+    evaluate_methods(checkpoints, data, tmp_path / "answers", [1.0], Namespace(batch_size=4))
+    def texts(lines: str) -> dict:
+        return {json.loads(line)["question_id"]: json.loads(line)["text"] for line in lines.splitlines()}
+
+    assert texts(baseline_answers.read_text()) == texts(before[baseline_answers.name])  # answered again, not reused
