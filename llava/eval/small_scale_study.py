@@ -32,6 +32,7 @@ from argparse import Namespace
 from pathlib import Path
 
 from llava.errors import UsageError, UserError, run_main
+from llava.serve.inference import check_device
 from llava.tiny.build import DEFAULT_TINY_DIR
 from llava.tiny.models import TINY_LLM_CONFIG
 from llava.tiny.study_data import GROUPS, QUESTIONS_FILENAME, STUDY_DATA_VERSION, generate_study_data
@@ -72,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mask-fractions", default=",".join(f"{f:g}" for f in MASK_FRACTIONS),
                         help="masked fractions q of the masking curve, comma separated, each in (0, 1]")
     parser.add_argument("--batch-size", type=int, default=16, help="questions answered per batch")
+    parser.add_argument("--device", default="auto",
+                        help="where the answers are computed: auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser.parse_args(argv)
@@ -100,6 +103,7 @@ def resolve_settings(args) -> dict:
         raise UsageError("the study's plot needs matplotlib: pip install -e \".[train]\"")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    args.device = check_device(args.device)  # not a setting: a study may continue on another device
     return {**settings, "mask_fractions": fractions, "proxyv_start_layer": args.proxyv_start_layer,
             "seed": args.seed, "tiny_dir": os.path.abspath(args.tiny_dir), "data_version": STUDY_DATA_VERSION}
 
@@ -170,7 +174,7 @@ def main(argv=None) -> int:
     data = prepare_data(out, settings)
     checkpoints = {kind: train(kind, out, data, settings) for kind in ("baseline", "proxyv")}
     results = evaluate_methods(checkpoints, data, out / "answers", settings["mask_fractions"],
-                               Namespace(batch_size=args.batch_size))
+                               Namespace(batch_size=args.batch_size, device=args.device))
     paths = write_report(results, out, settings, groups=GROUPS)
     print(paths["markdown"].read_text(encoding="utf-8"))
     logger.info("Wrote %s", ", ".join(str(path) for path in paths.values()))

@@ -35,12 +35,13 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def _answer(method, checkpoint: Path, data: Path, answers_file: Path, batch_size: int) -> tuple[int, int]:
+def _answer(method, checkpoint: Path, data: Path, answers_file: Path, batch_size: int,
+            device: str) -> tuple[int, int]:
     """Answer the questions `answers_file` lacks with `method`; returns (text tokens, crops) of the first
     question for the FLOP count."""
     config = method_config(AutoConfig.from_pretrained(checkpoint), method)
     tokenizer, model, processor, context_len = load_pretrained_model(
-        str(checkpoint), None, None, device="cpu", customized_config=config if method.overrides else None)
+        str(checkpoint), None, None, device=device, customized_config=config if method.overrides else None)
     tokenizer.padding_side = "left"
     options = Namespace(temperature=0.0, max_new_tokens=MAX_NEW_TOKENS, top_p=None, num_beams=1,
                         image_folder=str(data))
@@ -66,7 +67,9 @@ def _answer(method, checkpoint: Path, data: Path, answers_file: Path, batch_size
 
 def evaluate_methods(checkpoints: dict[str, Path], data: Path, answers_dir: Path, mask_fractions,
                      options: Namespace) -> dict:
-    """{"methods": [one row per method], "prompt": {text_tokens, crops}} for the study's report."""
+    """{"methods": [one row per method], "prompt": {text_tokens, crops}} for the study's report.
+
+    `options` carries `batch_size` and `device` (as `llava.serve.inference.check_device` resolved it)."""
     answers_dir.mkdir(parents=True, exist_ok=True)
     baseline_config = AutoConfig.from_pretrained(checkpoints["baseline"])
     tower = baseline_config.mm_vision_tower_config
@@ -77,7 +80,7 @@ def evaluate_methods(checkpoints: dict[str, Path], data: Path, answers_dir: Path
     for method in study_methods(baseline_config.num_hidden_layers, tokens_per_crop, mask_fractions):
         checkpoint = checkpoints[method.checkpoint]
         answers_file = answers_dir / f"{_slug(method.name)}.jsonl"
-        text_tokens, crops = _answer(method, checkpoint, data, answers_file, options.batch_size)
+        text_tokens, crops = _answer(method, checkpoint, data, answers_file, options.batch_size, options.device)
         prompt = prompt or {"text_tokens": text_tokens, "crops": crops}
         answers = read_jsonl(str(answers_file), "answers file")
         config = method_config(AutoConfig.from_pretrained(checkpoint), method)

@@ -26,6 +26,7 @@ from llava.tiny.study_data import QUESTIONS_FILENAME, generate_study_data
     (["--proxyv-start-layer", "-1"], "--proxyv-start-layer must be in [0, 3]"),
     (["--proxyv-start-layer", "4"], "--proxyv-start-layer must be in [0, 3]"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--device", "tpu"], "--device 'tpu' is not a device these tools run on"),
 ])
 def test_bad_options_are_one_line_errors(argv, message, tmp_path, capsys):
     assert run_main(study.main, ["--out", str(tmp_path / "s"), *argv]) == 2
@@ -110,7 +111,7 @@ def test_every_method_answers_every_question_and_is_scored(tiny_assets, tmp_path
     data = tmp_path / "data"
     generate_study_data(data, scenes_per_group=2, questions_per_category=3)
     checkpoints = {"baseline": tiny_assets.llava, "proxyv": tiny_assets.llava_proxyv}
-    results = evaluate_methods(checkpoints, data, tmp_path / "answers", [1.0], Namespace(batch_size=4))
+    results = evaluate_methods(checkpoints, data, tmp_path / "answers", [1.0], Namespace(batch_size=4, device="cpu"))
     questions = [json.loads(line) for line in (data / QUESTIONS_FILENAME).read_text().splitlines()]
     names = [row["name"] for row in results["methods"]]
     assert names == ["baseline", "proxyv", "visionzip 24/36", "visionzip 12/36", "pyramiddrop 2,3", "mask q=1"]
@@ -130,7 +131,7 @@ def test_every_method_answers_every_question_and_is_scored(tiny_assets, tmp_path
     assert by_name["mask q=1"].proxyv_variant == "mask_vision_attention" and by_name["mask q=1"].proxyv_start_layer == 0
     assert by_name["proxyv"].proxyv_start_layer is not None and by_name["baseline"].vision_token_reduction is None
     before = {path.name: path.read_text() for path in (tmp_path / "answers").iterdir()}
-    evaluate_methods(checkpoints, data, tmp_path / "answers", [1.0], Namespace(batch_size=4))
+    evaluate_methods(checkpoints, data, tmp_path / "answers", [1.0], Namespace(batch_size=4, device="cpu"))
     assert before == {path.name: path.read_text() for path in (tmp_path / "answers").iterdir()}  # answers reused
 
     baseline_answers = Path(results["methods"][0]["answers_file"])
@@ -138,7 +139,7 @@ def test_every_method_answers_every_question_and_is_scored(tiny_assets, tmp_path
                                         for line in before[baseline_answers.name].splitlines()))
     questions_written = baseline_answers.stat().st_mtime + 10  # the questions were written again since
     os.utime(data / QUESTIONS_FILENAME, (questions_written, questions_written))
-    evaluate_methods(checkpoints, data, tmp_path / "answers", [1.0], Namespace(batch_size=4))
+    evaluate_methods(checkpoints, data, tmp_path / "answers", [1.0], Namespace(batch_size=4, device="cpu"))
     def texts(lines: str) -> dict:
         return {json.loads(line)["question_id"]: json.loads(line)["text"] for line in lines.splitlines()}
 
