@@ -35,19 +35,18 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def _answer(method, checkpoint: Path, data: Path, answers_file: Path, batch_size: int,
-            device: str) -> tuple[int, int]:
-    """Answer the questions `answers_file` lacks with `method`; returns (text tokens, crops) of the first
-    question for the FLOP count."""
-    config = method_config(AutoConfig.from_pretrained(checkpoint), method)
+def _answer(method, config, checkpoint: Path, data: Path, questions: list, answers_file: Path,
+            options: Namespace) -> tuple[int, int]:
+    """Answer the `questions` (`model_vqa.read_questions`) that `answers_file` lacks with `method`, whose
+    model is `checkpoint` built with `config`; returns (text tokens, crops) of the first question for the
+    FLOP count. `options` carries `batch_size` and `device`."""
     tokenizer, model, processor, context_len = load_pretrained_model(
-        str(checkpoint), None, None, device=device, customized_config=config if method.overrides else None)
+        str(checkpoint), None, None, device=options.device, customized_config=config if method.overrides else None)
     tokenizer.padding_side = "left"
-    options = Namespace(temperature=0.0, max_new_tokens=MAX_NEW_TOKENS, top_p=None, num_beams=1,
-                        image_folder=str(data))
-    answerer = Answerer(tokenizer, model, processor, context_len, default_conv_mode(model.config, tokenizer), options)
+    answering = Namespace(temperature=0.0, max_new_tokens=MAX_NEW_TOKENS, top_p=None, num_beams=1,
+                          image_folder=str(data))
+    answerer = Answerer(tokenizer, model, processor, context_len, default_conv_mode(model.config, tokenizer), answering)
     questions_file = data / QUESTIONS_FILENAME
-    questions = read_questions(str(questions_file))
     input_ids, pixels, _ = answerer.prepare(questions[0])
     if answers_file.exists() and (older_than_model(str(answers_file), str(checkpoint))
                                   or answers_file.stat().st_mtime < questions_file.stat().st_mtime):
@@ -58,7 +57,7 @@ def _answer(method, checkpoint: Path, data: Path, answers_file: Path, batch_size
     todo = [question for question in questions if json.dumps(question.question_id) not in done]
     if todo:
         logger.info("%s: answering %d held-out questions", method.name, len(todo))
-        skipped = answer_questions(answerer, todo, str(answers_file), method.name, batch_size)
+        skipped = answer_questions(answerer, todo, str(answers_file), method.name, options.batch_size)
         if skipped:
             raise DamagedInputError(f"{method.name}: {len(skipped)} study questions were skipped (the warnings above "
                                     f"say why), e.g. {', '.join(skipped[:5])}; re-run the study to retry them.")
@@ -74,16 +73,17 @@ def evaluate_methods(checkpoints: dict[str, Path], data: Path, answers_dir: Path
     baseline_config = AutoConfig.from_pretrained(checkpoints["baseline"])
     tower = baseline_config.mm_vision_tower_config
     tokens_per_crop = (tower["image_size"] // tower["patch_size"]) ** 2
-    questions = read_jsonl(str(data / QUESTIONS_FILENAME), "study question file")
+    questions = read_jsonl(str(data / QUESTIONS_FILENAME), "study question file")  # for scoring
+    to_answer = read_questions(str(data / QUESTIONS_FILENAME))  # the same lines, as model_vqa asks them
     categories = [category for members in GROUPS.values() for category in members]
     rows, prompt = [], None
     for method in study_methods(baseline_config.num_hidden_layers, tokens_per_crop, mask_fractions):
         checkpoint = checkpoints[method.checkpoint]
         answers_file = answers_dir / f"{_slug(method.name)}.jsonl"
-        text_tokens, crops = _answer(method, checkpoint, data, answers_file, options.batch_size, options.device)
+        config = method_config(AutoConfig.from_pretrained(checkpoint), method)
+        text_tokens, crops = _answer(method, config, checkpoint, data, to_answer, answers_file, options)
         prompt = prompt or {"text_tokens": text_tokens, "crops": crops}
         answers = read_jsonl(str(answers_file), "answers file")
-        config = method_config(AutoConfig.from_pretrained(checkpoint), method)
         rows.append({"name": method.name, "kind": method.kind, "checkpoint": str(checkpoint),
                      "answers_file": str(answers_file),
                      "overrides": method.overrides, "masked_fraction": method.masked_fraction,

@@ -140,6 +140,7 @@ def test_every_method_answers_every_question_and_is_scored(tiny_assets, tmp_path
     questions_written = baseline_answers.stat().st_mtime + 10  # the questions were written again since
     os.utime(data / QUESTIONS_FILENAME, (questions_written, questions_written))
     evaluate_methods(checkpoints, data, tmp_path / "answers", [1.0], Namespace(batch_size=4, device="cpu"))
+
     def texts(lines: str) -> dict:
         return {json.loads(line)["question_id"]: json.loads(line)["text"] for line in lines.splitlines()}
 
