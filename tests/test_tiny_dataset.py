@@ -42,7 +42,7 @@ PHRASE_TO_POSITION = {
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return generate_tiny_dataset(tmp_path_factory.mktemp("tiny_data"))
+    return generate_tiny_dataset(tmp_path_factory.mktemp("tiny_data"), curriculum_scale=0.05)
 
 
 def _load(path: Path) -> list[dict]:
@@ -58,7 +58,7 @@ def _images_of(record: dict) -> list[str]:
 
 
 def _all_records(dataset) -> list[dict]:
-    return _load(dataset["captions"]) + _load(dataset["instruct"])
+    return _load(dataset["captions"]) + _load(dataset["instruct"]) + _load(dataset["curriculum"])
 
 
 def test_default_sizes(dataset):
@@ -289,10 +289,10 @@ def test_mixed_sizes_give_every_anyres_crop_count():
 
 
 def test_generation_is_deterministic(tmp_path):
-    first = generate_tiny_dataset(tmp_path / "a", num_scenes=10, seed=3)
-    second = generate_tiny_dataset(tmp_path / "b", num_scenes=10, seed=3)
-    other = generate_tiny_dataset(tmp_path / "c", num_scenes=10, seed=4)
-    for key in ("captions", "instruct", "scenes"):
+    first = generate_tiny_dataset(tmp_path / "a", num_scenes=10, seed=3, curriculum_scale=0.01)
+    second = generate_tiny_dataset(tmp_path / "b", num_scenes=10, seed=3, curriculum_scale=0.01)
+    other = generate_tiny_dataset(tmp_path / "c", num_scenes=10, seed=4, curriculum_scale=0.01)
+    for key in ("captions", "instruct", "curriculum", "scenes"):
         assert first[key].read_bytes() == second[key].read_bytes()
         assert first[key].read_bytes() != other[key].read_bytes()
     names = sorted(p.name for p in first["images"].iterdir())
@@ -302,7 +302,7 @@ def test_generation_is_deterministic(tmp_path):
 
 
 def test_small_dataset_still_has_every_kind(tmp_path):
-    paths = generate_tiny_dataset(tmp_path, num_scenes=2, seed=1)  # at least 8 scenes are drawn
+    paths = generate_tiny_dataset(tmp_path, num_scenes=2, seed=1, curriculum_scale=0.01)  # at least 8 scenes
     instruct = _load(paths["instruct"])
     assert len(_load(paths["captions"])) == 8 and len(instruct) == 8 + 1 + 1
     assert any("image" not in r for r in instruct)
@@ -310,7 +310,9 @@ def test_small_dataset_still_has_every_kind(tmp_path):
 
 
 def test_iter_dataset_texts(dataset):
-    records = _all_records(dataset)
+    # the generated files' texts, without the curriculum (the same questions again; the tokenizer's
+    # corpus stays the captions and the conversations)
+    records = _load(dataset["captions"]) + _load(dataset["instruct"])
     texts = list(iter_dataset_texts(dataset))
     assert len(texts) == sum(len(r["conversations"]) for r in records)
     assert all("<image>" not in text for text in texts)

@@ -40,7 +40,7 @@ def test_patch_targets_name_each_patchs_cell():
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    return generate_tiny_dataset(tmp_path_factory.mktemp("clip-data"), num_scenes=24, seed=1)
+    return generate_tiny_dataset(tmp_path_factory.mktemp("clip-data"), num_scenes=24, seed=1, curriculum_scale=0.01)
 
 
 def test_training_scenes_are_the_pictures_rendered(tiny_data):

@@ -49,6 +49,11 @@ PRESETS = {
     "full": {"scenes_per_group": 1500, "questions_per_category": 400, "stage2_epochs": 6},
 }
 SETTINGS_FILENAME = "study_settings.json"
+# The study's stage 2 (its all-questions conversations, shuffled, batch 8, cosine from 2e-3), written out
+# because the tiny default's stage 2 is now the bundled curriculum read in order at a constant rate.
+STUDY_STAGE2_RECIPE = ("--per_device_train_batch_size", "8", "--learning_rate", "2e-3", "--lr_scheduler_type", "cosine",
+                       "--lr_scheduler_kwargs", "{}", "--train_sampling_strategy", "random",
+                       "--group_by_modality_length", "True")
 # The launch scripts' variables that change the model, data or recipe: the study clears them so both
 # runs train the tiny default recipe (device and launcher variables such as NUM_GPUS are kept).
 RECIPE_VARIABLES = ("LLM_VERSION", "VISION_MODEL_VERSION", "TINY_FAMILY", "DATA_PATH", "IMAGE_FOLDER", "PROMPT_VERSION",
@@ -149,7 +154,7 @@ def train(kind: str, out: Path, data: Path, settings: dict) -> Path:
         env.pop(name, None)
     env["REPORT_TO"] = "none"
     stages = [("pretrain", "study_captions.json", []),
-              ("finetune", "study_instruct.json", ["--num_train_epochs", str(settings["stage2_epochs"])])]
+              ("finetune", "study_instruct.json", ["--num_train_epochs", str(settings["stage2_epochs"]), *STUDY_STAGE2_RECIPE])]
     for stage, data_file, extra in stages:
         logger.info("Training the %s model, %s stage", kind, stage)
         command = ["bash", str(SCRIPTS_DIR / f"{stage}_{kind}.sh"), "--data_path", str((data / data_file).resolve()),

@@ -32,7 +32,7 @@ from transformers import AutoTokenizer
 from llava.errors import DamagedInputError, one_line, read_json_file, read_safetensors_header
 from llava.model.assemble import build_llava_from_llm
 
-from .dataset import SCENES_FILENAME, generate_tiny_dataset, iter_dataset_texts
+from .dataset import CURRICULUM_FILENAME, SCENES_FILENAME, generate_tiny_dataset, iter_dataset_texts
 from .eval_split import PER_CATEGORY, QUESTIONS_FILENAME, generate_eval_split
 from .models import TINY_PROXYV_REDUCE_FACTOR, build_tiny_clip, build_tiny_llm, tiny_clip_image_processor
 from .pretrain_clip import pretrain_tiny_clip
@@ -47,7 +47,7 @@ DEFAULT_LLM_TEXT_STEPS = 600
 DEFAULT_CLIP_PRETRAIN_STEPS = 300
 DEFAULT_NUM_SCENES = 2000
 # Bumped when what a folder holds changes for the same settings, so folders of an earlier recipe are rebuilt.
-DATA_RECIPE = 2  # 2: square scenes, one all-questions conversation per picture, tiny_scenes.json
+DATA_RECIPE = 3  # 2: square scenes, one all-questions conversation per picture, tiny_scenes.json; 3: + tiny_curriculum.json
 CLIP_RECIPE = 2  # 2: 56 px patches, 64 wide, sinusoidal positions, pretrained on the training pictures
 
 MARKER_NAME = ".complete.json"
@@ -72,6 +72,10 @@ class TinyAssets:
     @property
     def instruct(self) -> Path:
         return self.data / "tiny_instruct.json"
+
+    @property
+    def curriculum(self) -> Path:
+        return self.data / CURRICULUM_FILENAME
 
     @property
     def scenes(self) -> Path:
@@ -221,7 +225,7 @@ def _settings_problem(folder: Path, marker: dict, settings: dict, depends_on: di
 
 def _data_problem(assets: TinyAssets) -> str | None:
     """The annotation files hold records whose images all exist."""
-    for json_path in (assets.captions, assets.instruct, assets.scenes):
+    for json_path in (assets.captions, assets.instruct, assets.curriculum, assets.scenes):
         label = f"{assets.data.name}/{json_path.name}"
         if not json_path.is_file():
             return f"{label} is missing"

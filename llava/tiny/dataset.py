@@ -8,6 +8,8 @@ three files:
   (about ten turns: colours, shapes, positions, counts, text; a fifth start by asking for a caption),
   plus a few text-only samples and a few two-image comparisons (5% each). Ten supervised answers
   per picture, rather than one or two, is what lets the tiny model learn in a few CPU minutes.
+* ``tiny_curriculum.json`` (the tiny stage-2 recipe's data): the same pictures' questions as
+  single-question records in the order the tiny decoder learns them (``llava.tiny.curriculum``).
 * ``tiny_scenes.json``: what each picture shows (``llava.tiny.images.scene_to_dict``), which the
   tiny CLIP's pretraining (``llava.tiny.pretrain_clip``) learns from.
 
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from llava.tiny.curriculum import curriculum_records
 from llava.tiny.images import Scene, describe_scene, random_scene, render_scene, scene_qa_pairs, scene_to_dict
 
 logger = logging.getLogger(__name__)
@@ -35,6 +38,7 @@ IMAGES_DIRNAME = "images"
 CAPTIONS_FILENAME = "tiny_captions.json"
 INSTRUCT_FILENAME = "tiny_instruct.json"
 SCENES_FILENAME = "tiny_scenes.json"
+CURRICULUM_FILENAME = "tiny_curriculum.json"
 CAPTION_TURN_FRACTION = 0.2  # stage-2 conversations that start by asking for a caption
 EXTRA_RECORD_FRACTION = 0.05  # text-only records, and two-image records, each this fraction of the scenes
 
@@ -187,10 +191,18 @@ def _write_json(path: Path, records: list[dict]) -> None:
         handle.write("\n")
 
 
-def generate_tiny_dataset(out_dir: str | Path, num_scenes: int = 200, seed: int = 0) -> dict[str, Path]:
+def _curriculum(pool: _ImagePool, rng: random.Random, scale: float) -> list[dict]:
+    """The stage-2 curriculum over the pooled pictures (the training scenes and the partner pictures
+    the two-image conversations rendered)."""
+    return curriculum_records(list(pool.scenes), list(pool.paths), rng, CAPTION_REQUESTS, scale)
+
+
+def generate_tiny_dataset(out_dir: str | Path, num_scenes: int = 200, seed: int = 0,
+                          curriculum_scale: float = 1.0) -> dict[str, Path]:
     """Write the tiny dataset of ``num_scenes`` pictures (at least 8) under ``out_dir``; return its paths.
 
-    Returns ``{"root", "images", "captions", "instruct", "scenes"}``. The same seed gives the same files.
+    Returns ``{"root", "images", "captions", "instruct", "curriculum", "scenes"}``. The same seed gives
+    the same files. ``curriculum_scale`` shrinks the curriculum's phases (tests).
     """
     out_dir = Path(out_dir)
     rng = random.Random(seed)
@@ -200,21 +212,25 @@ def generate_tiny_dataset(out_dir: str | Path, num_scenes: int = 200, seed: int 
     pool.add_random(num_scenes)
     captions = _caption_records(pool, random.Random(rng.getrandbits(64)), num_scenes)
     instruct = _instruct_records(pool, random.Random(rng.getrandbits(64)))  # may render a few partner scenes
+    curriculum = _curriculum(pool, random.Random(rng.getrandbits(64)), curriculum_scale)
     paths = {
         "root": out_dir,
         "images": out_dir / IMAGES_DIRNAME,
         "captions": out_dir / CAPTIONS_FILENAME,
         "instruct": out_dir / INSTRUCT_FILENAME,
+        "curriculum": out_dir / CURRICULUM_FILENAME,
         "scenes": out_dir / SCENES_FILENAME,
     }
     _write_json(paths["captions"], captions)
     _write_json(paths["instruct"], instruct)
+    _write_json(paths["curriculum"], curriculum)
     _write_json(paths["scenes"], [{"image": path, **scene_to_dict(scene)} for path, scene in zip(pool.paths, pool.scenes)])
     logger.info(
-        "Wrote %d caption and %d instruction records (%d answers) using %d images to %s",
+        "Wrote %d caption, %d instruction and %d curriculum records (%d answers) using %d images to %s",
         len(captions),
         len(instruct),
-        sum(len(record["conversations"]) // 2 for record in instruct),
+        len(curriculum),
+        sum(len(record["conversations"]) // 2 for record in instruct + curriculum),
         len(pool.scenes),
         out_dir,
     )

@@ -81,7 +81,10 @@ def test_training_runs_both_stages_of_each_model_with_the_study_data(stand_in_sc
     assert [call.split()[0] for call in calls] == ["pretrain_baseline.sh", "finetune_baseline.sh",
                                                    "pretrain_proxyv.sh", "finetune_proxyv.sh"]
     assert "PROXYV_START_LAYER=none" in calls[0] and "PROXYV_START_LAYER=2" in calls[2]
-    assert all(" LLM= " in call and "vision_mlp" not in call and "True" not in call for call in calls)
+    # the shell's settings are cleared (LORA=True would print "True" before PROXYV_START_LAYER)
+    assert all(" LLM= " in call and "vision_mlp" not in call and "True PROXYV" not in call for call in calls)
+    recipe = " ".join(study.STUDY_STAGE2_RECIPE)  # the study's own stage 2, not the tiny curriculum's
+    assert recipe in calls[1] and recipe in calls[3] and recipe not in calls[0]
     assert f"--data_path {data.resolve()}/study_captions.json" in calls[0]
     assert f"--data_path {data.resolve()}/study_instruct.json" in calls[1]
     assert f"--num_train_epochs {settings['stage2_epochs']}" in calls[1] and "--num_train_epochs" not in calls[0]
