@@ -3,7 +3,8 @@
 `tiny_training_throughput` builds the tiny assets (`llava.tiny.build.build_tiny_assets`, random
 LLM: no text pretraining) and runs the real trainer (`llava.train.train.train`, in this process) with
 the tiny model settings of `scripts/finetune_proxyv.sh`: stage 2 on the bundled all-questions
-conversations (longer samples than the tiny default's single-question curriculum), AnyRes up to 3 crops, batch 4, the LLM, projector and ProxyV modules trained; on CUDA in bf16 with tf32 and
+conversations (longer samples than the tiny default's single-question curriculum), AnyRes up to 3
+crops, batch 4, the LLM, projector and ProxyV modules trained; on CUDA in bf16 with tf32 and
 gradient checkpointing, as the launch scripts do on a GPU. It measures the baseline and ProxyV from
 layer 2 (of the tiny LLM's 4, the tiny launch default).
 

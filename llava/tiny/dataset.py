@@ -1,7 +1,7 @@
 """Generate the tiny offline dataset in LLaVA's JSON conversation format.
 
 ``generate_tiny_dataset(out_dir)`` writes synthetic scene pictures under ``out_dir/images`` plus
-three files:
+four files:
 
 * ``tiny_captions.json`` (stage 1): one short caption per picture, asked for in varied words.
 * ``tiny_instruct.json`` (stage 2): for every picture one conversation asking all of its questions
@@ -191,12 +191,6 @@ def _write_json(path: Path, records: list[dict]) -> None:
         handle.write("\n")
 
 
-def _curriculum(pool: _ImagePool, rng: random.Random, scale: float) -> list[dict]:
-    """The stage-2 curriculum over the pooled pictures (the training scenes and the partner pictures
-    the two-image conversations rendered)."""
-    return curriculum_records(list(pool.scenes), list(pool.paths), rng, CAPTION_REQUESTS, scale)
-
-
 def generate_tiny_dataset(out_dir: str | Path, num_scenes: int = 200, seed: int = 0,
                           curriculum_scale: float = 1.0) -> dict[str, Path]:
     """Write the tiny dataset of ``num_scenes`` pictures (at least 8) under ``out_dir``; return its paths.
@@ -212,7 +206,9 @@ def generate_tiny_dataset(out_dir: str | Path, num_scenes: int = 200, seed: int 
     pool.add_random(num_scenes)
     captions = _caption_records(pool, random.Random(rng.getrandbits(64)), num_scenes)
     instruct = _instruct_records(pool, random.Random(rng.getrandbits(64)))  # may render a few partner scenes
-    curriculum = _curriculum(pool, random.Random(rng.getrandbits(64)), curriculum_scale)
+    # over every pooled picture: the training scenes and the partners the two-image conversations rendered
+    curriculum = curriculum_records(list(pool.scenes), list(pool.paths), random.Random(rng.getrandbits(64)),
+                                    CAPTION_REQUESTS, curriculum_scale)
     paths = {
         "root": out_dir,
         "images": out_dir / IMAGES_DIRNAME,
