@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import StoppingCriteria
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 
@@ -181,8 +182,36 @@ def _size_entry(size: Any, key: str) -> int:
     return int(value)
 
 
+def _is_sized_clip_crop(image: Image.Image, processor: Any) -> bool:
+    """True when CLIP's PIL processor would leave `image` as it is until rescaling: an RGB image that
+    already has the processor's shortest edge on both sides and its centre-crop size (every AnyRes crop)."""
+    if type(processor) is not CLIPImageProcessorPil or image.mode != "RGB" or getattr(processor, "do_pad", False):
+        return False
+    if not (processor.do_rescale and processor.do_normalize):
+        return False
+    width, height = image.size
+    if processor.do_resize and not (width == height == processor.size.get("shortest_edge")):
+        return False
+    crop = processor.crop_size
+    return not processor.do_center_crop or (crop.get("height"), crop.get("width")) == (height, width)
+
+
+def _rescaled_and_normalized(image: Image.Image, processor: Any) -> torch.Tensor:
+    """The PIL processor's rescale and normalize, in its own dtypes (rescale in float64, stored as
+    float32; normalize in float32), so the values are bit-identical, ~5x faster. [3, H, W]"""
+    pixels = torch.from_numpy(np.array(image))  # [H, W, 3] uint8
+    pixels = (pixels.to(torch.float64) * processor.rescale_factor).to(torch.float32)
+    mean = torch.tensor(processor.image_mean, dtype=torch.float32)
+    std = torch.tensor(processor.image_std, dtype=torch.float32)
+    return ((pixels - mean) / std).permute(2, 0, 1).contiguous()
+
+
 def _preprocess_one(image: Image.Image, processor: Any) -> torch.Tensor:
-    return processor.preprocess(image, return_tensors="pt")["pixel_values"][0]  # [3, H, W]
+    """One image through `processor`, [3, H, W]. Crops CLIP's processor would not resize or crop skip
+    its generic path (half the time of a tiny training step went there) for the same values."""
+    if _is_sized_clip_crop(image, processor):
+        return _rescaled_and_normalized(image, processor)
+    return processor.preprocess(image, return_tensors="pt")["pixel_values"][0]
 
 
 def process_anyres_image(image: Image.Image, processor: Any, grid_pinpoints: Any) -> torch.Tensor:
@@ -197,7 +226,12 @@ def process_anyres_image(image: Image.Image, processor: Any, grid_pinpoints: Any
     best_resolution = select_best_resolution(image.size, parse_grid_pinpoints(grid_pinpoints, shortest_edge))
     tiles = divide_to_patches(resize_and_pad_image(image, best_resolution), tile_size)
     base = image.resize((shortest_edge, shortest_edge))
-    return torch.stack([_preprocess_one(crop, processor) for crop in [base, *tiles]], dim=0)
+    base_pixels = _preprocess_one(base, processor)  # [3, H, W]
+    base_bytes = base.tobytes()
+    # A square image on a one-tile grid gives a tile equal to the base: its values are computed once.
+    tile_pixels = [base_pixels if tile.size == base.size and tile.tobytes() == base_bytes else _preprocess_one(tile, processor)
+                   for tile in tiles]
+    return torch.stack([base_pixels, *tile_pixels], dim=0)
 
 
 def expand2square(pil_img: Image.Image, background_color: Any) -> Image.Image:

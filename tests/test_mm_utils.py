@@ -18,6 +18,8 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.mm_utils import (
     KeywordsStoppingCriteria,
+    _is_sized_clip_crop,
+    _preprocess_one,
     divide_to_patches,
     expand2square,
     get_anyres_image_grid_shape,
@@ -134,6 +136,40 @@ def test_anyres_crops_match_llava_next(processor):
     padded = resize_and_pad_image(image, (672, 336))
     torch.testing.assert_close(pixels[1], normalized(padded.crop((0, 0, 336, 336))), atol=1e-6, rtol=0)
     torch.testing.assert_close(pixels[2], normalized(padded.crop((336, 0, 672, 336))), atol=1e-6, rtol=0)
+
+
+def test_sized_crops_take_the_fast_path_with_the_processors_exact_values(processor):
+    """AnyRes crops skip the processor's generic path; the values must stay bit-identical to it."""
+    for crop in [noise_image(336, 336, seed=seed) for seed in range(4)] + [Image.new("RGB", (336, 336), (255, 0, 9))]:
+        assert _is_sized_clip_crop(crop, processor)
+        expected = processor.preprocess(crop, return_tensors="pt")["pixel_values"][0]
+        assert torch.equal(_preprocess_one(crop, processor), expected)
+    image = noise_image(700, 350, seed=5)
+    pixels = process_anyres_image(image, processor, PINPOINTS)
+    reference = processor.preprocess([image.resize((336, 336)), *divide_to_patches(resize_and_pad_image(image, (672, 336)), 336)],
+                                     return_tensors="pt")["pixel_values"]
+    assert torch.equal(pixels, reference)
+
+
+@pytest.mark.parametrize("size", [(336, 336), (300, 300), (500, 500)])
+def test_one_tile_grid_crops_match_the_processor(processor, size):
+    """On a one-tile grid a square image's tile may equal its base (computed once): both match the processor."""
+    image = noise_image(*size, seed=6)
+    pixels = process_anyres_image(image, processor, [[336, 336]])
+    crops = [image.resize((336, 336)), resize_and_pad_image(image, (336, 336))]
+    assert torch.equal(pixels, processor.preprocess(crops, return_tensors="pt")["pixel_values"])
+
+
+def test_unsized_or_foreign_inputs_keep_the_processors_generic_path(processor):
+    other_crop = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 224, "width": 224})
+    no_normalize = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_normalize=False)
+    assert not _is_sized_clip_crop(noise_image(350, 336), processor)
+    assert not _is_sized_clip_crop(noise_image(336, 336).convert("L"), processor)
+    assert not _is_sized_clip_crop(noise_image(336, 336), other_crop)
+    assert not _is_sized_clip_crop(noise_image(336, 336), no_normalize)
+    assert _preprocess_one(noise_image(336, 336), other_crop).shape == (3, 224, 224)
+    assert torch.equal(_preprocess_one(noise_image(350, 336), processor),
+                       processor.preprocess(noise_image(350, 336), return_tensors="pt")["pixel_values"][0])
 
 
 def test_anyres_tall_image_tiles_top_to_bottom(processor):

@@ -99,3 +99,18 @@ def test_the_script_reads_the_curriculum_in_order_and_decays_over_the_last_phase
     assert f"BATCH={CURRICULUM_BATCH};" in tiny_branch
     decay = int(re.search(r'"num_decay_steps": (\d+)', tiny_branch).group(1))
     assert decay == CURRICULUM_PHASES[-1].batches == 600
+
+
+def test_a_phase_skips_pictures_without_its_question(monkeypatch):
+    """Two red circles and no text: no position question names one object; the phase draws another picture."""
+    import llava.tiny.curriculum as curriculum_module
+    from llava.tiny.images import Scene, SceneObject
+
+    twins = Scene(336, 336, "white", (SceneObject("red", "circle", "top left"), SceneObject("red", "circle", "center")))
+    single = Scene(336, 336, "white", (SceneObject("blue", "square", "bottom"),))
+    phase = curriculum_module.CurriculumPhase("position", ("Where is the",), 2)
+    monkeypatch.setattr(curriculum_module, "CURRICULUM_PHASES", (phase,))
+    records = curriculum_records([twins, single], ["twins.png", "single.png"], random.Random(0), CAPTION_REQUESTS)
+    assert len(records) == 2 * CURRICULUM_BATCH
+    assert {record["image"] for record in records} == {"single.png"}
+    assert {record["conversations"][1]["value"] for record in records} == {"At the bottom."}

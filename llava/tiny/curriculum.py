@@ -84,6 +84,10 @@ def scene_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
     return list(unique.items())
 
 
+def _phase_questions(phase: CurriculumPhase, scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+    return [pair for pair in scene_questions(scene, rng) if not phase.asks or pair[0].startswith(phase.asks)]
+
+
 def _picture_record(record_id: str, image: str, question: str, answer: str) -> dict:
     return {"id": record_id, "image": image,
             "conversations": [{"from": "human", "value": f"<image>\n{question}"},
@@ -105,7 +109,10 @@ def curriculum_records(scenes: list[Scene], paths: list[str], rng: random.Random
             elif not phase.asks and rng.random() < CAPTION_FRACTION:
                 question, answer = rng.choice(caption_requests), describe_scene(scenes[index])
             else:
-                pairs = [pair for pair in scene_questions(scenes[index], rng) if not phase.asks or pair[0].startswith(phase.asks)]
+                pairs = _phase_questions(phase, scenes[index], rng)
+                while not pairs:  # a picture with no question of this phase (no unique object to find): another
+                    index = rng.randrange(len(scenes))
+                    pairs = _phase_questions(phase, scenes[index], rng)
                 question, answer = rng.choice(pairs)
             records.append(_picture_record(f"tiny-cur-{phase.name}-{i:05d}", paths[index], question, answer))
     return records
