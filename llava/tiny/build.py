@@ -47,7 +47,8 @@ DEFAULT_LLM_TEXT_STEPS = 600
 DEFAULT_CLIP_PRETRAIN_STEPS = 300
 DEFAULT_NUM_SCENES = 2000
 # Bumped when what a folder holds changes for the same settings, so folders of an earlier recipe are rebuilt.
-DATA_RECIPE = 3  # 2: square scenes, one all-questions conversation per picture, tiny_scenes.json; 3: + tiny_curriculum.json
+DATA_RECIPE = 4  # 2: square scenes, one all-questions conversation per picture, tiny_scenes.json; 3: + tiny_curriculum.json;
+# 4: its lookup phase also asks whether there is text
 CLIP_RECIPE = 2  # 2: 56 px patches, 64 wide, sinusoidal positions, pretrained on the training pictures
 
 MARKER_NAME = ".complete.json"

@@ -10,7 +10,10 @@ never emerges (shape and position stay at chance). Taught one look-up at a time 
   words afterwards (background and object colour at chance), and taught colours first it learnt the
   shape look-up only part way;
 * phase ``shape_color``: shape, object-colour and background questions (the same look-up, another answer);
-* phase ``lookup``: shape, object-colour and position questions (the reverse look-up: where is the red circle);
+* phase ``lookup``: shape, object-colour and position questions (position asks the reverse look-up,
+  "Where is the red circle?", which this decoder has not learnt: it names the cell of one of the
+  picture's objects, right about as often as a random pick) and whether there is text: asked only in the last phase, text presence was learnt by some runs and
+  not by others (a baseline run answered it at chance);
 * phase ``all``: any of the picture's questions and a few caption requests, so the easy kinds are
   learnt and the tuned model still describes a picture.
 
@@ -53,7 +56,7 @@ class CurriculumPhase(NamedTuple):
 CURRICULUM_PHASES: tuple[CurriculumPhase, ...] = (
     CurriculumPhase("shape", ("What shape is",), 800, background_share=0.1),
     CurriculumPhase("shape_color", ("What shape is", "What color is the object", "What color is the background"), 300),
-    CurriculumPhase("lookup", ("What shape is", "What color is the object", "Where is the"), 500),
+    CurriculumPhase("lookup", ("What shape is", "What color is the object", "Where is the", "Is there any text"), 500),
     CurriculumPhase("all", (), 600),
 )
 CAPTION_FRACTION = 0.05  # of the `all` phase's records: caption requests
