@@ -12,8 +12,9 @@ never emerges (shape and position stay at chance). Taught one look-up at a time 
 * phase ``shape_color``: shape, object-colour and background questions (the same look-up, another answer);
 * phase ``lookup``: shape, object-colour and position questions (position asks the reverse look-up,
   "Where is the red circle?", which this decoder has not learnt: it names the cell of one of the
-  picture's objects, right about as often as a random pick) and whether there is text: asked only in the last phase, text presence was learnt by some runs and
-  not by others (a baseline run answered it at chance);
+  picture's objects, right about as often as a random pick) and whether there is text (asked only
+  in the last phase, text presence was learnt by some runs and not others: a baseline run answered
+  it at chance);
 * phase ``all``: any of the picture's questions and a few caption requests, so the easy kinds are
   learnt and the tuned model still describes a picture.
 
