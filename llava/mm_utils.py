@@ -227,11 +227,10 @@ def process_anyres_image(image: Image.Image, processor: Any, grid_pinpoints: Any
     tiles = divide_to_patches(resize_and_pad_image(image, best_resolution), tile_size)
     base = image.resize((shortest_edge, shortest_edge))
     base_pixels = _preprocess_one(base, processor)  # [3, H, W]
-    base_bytes = base.tobytes()
-    # A square image on a one-tile grid gives a tile equal to the base: its values are computed once.
-    tile_pixels = [base_pixels if tile.size == base.size and tile.tobytes() == base_bytes else _preprocess_one(tile, processor)
-                   for tile in tiles]
-    return torch.stack([base_pixels, *tile_pixels], dim=0)
+    if len(tiles) == 1 and tiles[0].tobytes() == base.tobytes():
+        # A square image on a one-tile grid: the tile is the base, its values are computed once.
+        return torch.stack([base_pixels, base_pixels], dim=0)
+    return torch.stack([base_pixels, *[_preprocess_one(tile, processor) for tile in tiles]], dim=0)
 
 
 def expand2square(pil_img: Image.Image, background_color: Any) -> Image.Image:

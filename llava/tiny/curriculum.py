@@ -64,10 +64,13 @@ CAPTION_FRACTION = 0.05  # of the `all` phase's records: caption requests
 SHAPES_WITH_ARTICLE = ("A circle.", "A square.", "A triangle.")
 
 
+def _phase_batches(phase: CurriculumPhase, scale: float) -> int:
+    return max(1, round(phase.batches * scale))
+
+
 def curriculum_steps(scale: float = 1.0) -> int:
     """Optimizer steps of one epoch over the curriculum at ``CURRICULUM_BATCH``."""
-    records = sum(max(1, round(phase.batches * scale)) * CURRICULUM_BATCH for phase in CURRICULUM_PHASES)
-    return records // CURRICULUM_BATCH
+    return sum(_phase_batches(phase, scale) for phase in CURRICULUM_PHASES)
 
 
 def _bare_shape(answer: str) -> str:
@@ -106,7 +109,7 @@ def curriculum_records(scenes: list[Scene], paths: list[str], rng: random.Random
     """
     records: list[dict] = []
     for phase in CURRICULUM_PHASES:
-        for i in range(max(1, round(phase.batches * scale)) * CURRICULUM_BATCH):
+        for i in range(_phase_batches(phase, scale) * CURRICULUM_BATCH):
             index = rng.randrange(len(scenes))
             if phase.background_share and rng.random() < phase.background_share:
                 question, answer = background_question(scenes[index])
