@@ -1,0 +1,229 @@
+"""A fast probe of whether a tiny decoder learns to find an object by name in a picture.
+
+The tiny default never learns "Where is the red circle?" (it names the cell of one of the picture's
+objects at random). This probe tells the decoder's part from the vision tower's: it replaces the tower
+and its features by fixed random vectors, one per colour, shape, cell, patch-in-cell, background and
+"text here", summed per patch on the tiny CLIP's 6x6 patch grid (base crop and its one tile, as the
+tiny AnyRes layout gives), so the features are clean by construction. A fresh 2-layer projector and
+the decoder (any family `AutoModelForCausalLM` loads, e.g. the tiny Vicuna) are trained on position
+questions in the decoder's own chat template, and held-out accuracy (teacher-forced exact match of the
+whole answer) is printed by number of objects in the picture, where a random pick among the objects
+scores 100% / 50% / 33%.
+
+    python -m llava.tiny.lookup_probe --llm playground/tiny/tiny-vicuna --steps 2500 --multi-object-only
+
+Findings with it are in docs/design.md, section 10. It is a study tool, not a test: 2500 steps take
+about six minutes on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.conversation import get_conv_template
+from llava.errors import UsageError, require_path, run_main
+from llava.tiny.images import COLORS, POSITIONS, SHAPES, Scene, position_question, random_scene
+from llava.tiny.models import CLIP_IMAGE_SIZE, CLIP_PATCH_SIZE
+
+logger = logging.getLogger(__name__)
+
+GRID = CLIP_IMAGE_SIZE // CLIP_PATCH_SIZE  # patches per side of one crop (6)
+CELL_PATCHES = GRID // 3  # patches per side of one scene cell (2)
+CROPS = 2  # the base crop and its one tile: what AnyRes gives a square tiny picture
+QUESTION_KINDS = ("color_and_shape", "shape")
+
+
+class ProbeFeatures:
+    """Fixed random patch features for a scene: each patch is the sum of its cell's, its place in the
+    cell's, and either its object's colour and shape, or the background's (plus "text" where written)."""
+
+    def __init__(self, width: int, noise: float, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        def table(rows: int) -> torch.Tensor:
+            return torch.randn(rows, width, generator=generator)  # [rows, F]
+        self.color, self.shape, self.background = table(len(COLORS)), table(len(SHAPES)), table(len(COLORS))
+        self.cell, self.in_cell, self.text = table(len(POSITIONS)), table(CELL_PATCHES ** 2), table(1)
+        self.width, self.noise = width, noise
+
+    def cell_vector(self, scene: Scene, cell_index: int, cell: str) -> torch.Tensor:
+        obj = scene.object_at(cell)
+        if obj is not None:
+            return self.cell[cell_index] + self.color[list(COLORS).index(obj.color)] + self.shape[SHAPES.index(obj.shape)]
+        vector = self.cell[cell_index] + self.background[list(COLORS).index(scene.background)]
+        return vector + self.text[0] if scene.text_position == cell else vector
+
+    def __call__(self, scene: Scene) -> torch.Tensor:
+        """The scene's patch features, [CROPS * GRID * GRID, F], crops one after another, rows first."""
+        grid = torch.zeros(GRID, GRID, self.width)  # [G, G, F]
+        for cell_index, (cell, (row, col)) in enumerate(POSITIONS.items()):
+            base = self.cell_vector(scene, cell_index, cell)
+            for k in range(CELL_PATCHES ** 2):
+                dr, dc = divmod(k, CELL_PATCHES)
+                grid[row * CELL_PATCHES + dr, col * CELL_PATCHES + dc] = base + 0.5 * self.in_cell[k]
+        crop = grid.reshape(GRID * GRID, self.width)  # [G*G, F]
+        features = crop.repeat(CROPS, 1)  # [CROPS*G*G, F]
+        return features + self.noise * torch.randn(features.shape)
+
+
+@dataclass
+class ProbeQuestion:
+    features: torch.Tensor  # [N, F]
+    before: list[int]  # prompt token ids before the image
+    after: list[int]  # prompt token ids after the image
+    answer: list[int]  # answer token ids, end-of-sequence included
+    num_objects: int
+
+
+def _named_objects(scene: Scene, kind: str) -> list:
+    """The objects a `kind` question can name unambiguously."""
+    def key(obj):
+        return obj.shape if kind == "shape" else (obj.color, obj.shape)
+    keys = [key(obj) for obj in scene.objects]
+    return [obj for obj in scene.objects if keys.count(key(obj)) == 1]
+
+
+def draw_question(rng: random.Random, features: ProbeFeatures, tokenizer, template: str, kind: str,
+                  multi_object_only: bool) -> ProbeQuestion:
+    """A random scene with a position question about one of its objects, tokenized in `template`."""
+    while True:
+        scene = random_scene(rng)
+        named = _named_objects(scene, kind)
+        if named and (len(scene.objects) > 1 or not multi_object_only):
+            break
+    obj = rng.choice(named)
+    question, answer = position_question(obj)
+    if kind == "shape":
+        question = f"Where is the {obj.shape}?"
+    conv = get_conv_template(template)
+    conv.append_message(conv.roles[0], f"{DEFAULT_IMAGE_TOKEN}\n{question}")
+    conv.append_message(conv.roles[1], None)
+    before, after = conv.get_prompt().split(DEFAULT_IMAGE_TOKEN)
+    answer_ids = tokenizer(" " + answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    return ProbeQuestion(features(scene), tokenizer(before).input_ids,
+                         tokenizer(after, add_special_tokens=False).input_ids, answer_ids, len(scene.objects))
+
+
+def embed_batch(questions: list[ProbeQuestion], model, projector: nn.Module):
+    """Right-padded input embeddings [B, T, D], labels [B, T] (answer tokens only) and attention mask [B, T]."""
+    embed = model.get_input_embeddings()
+    rows, labels = [], []
+    for q in questions:
+        text_after = torch.tensor(q.after + q.answer)
+        row = torch.cat([embed(torch.tensor(q.before)), projector(q.features), embed(text_after)])  # [T_i, D]
+        label = torch.full((row.shape[0],), -100)
+        label[-len(q.answer):] = torch.tensor(q.answer)
+        rows.append(row)
+        labels.append(label)
+    length = max(row.shape[0] for row in rows)
+    mask = torch.stack([torch.arange(length) < row.shape[0] for row in rows]).long()  # [B, T]
+    embeds = torch.stack([nn.functional.pad(row, (0, 0, 0, length - row.shape[0])) for row in rows])  # [B, T, D]
+    labels = torch.stack([nn.functional.pad(label, (0, length - label.shape[0]), value=-100) for label in labels])
+    return embeds, labels, mask
+
+
+@torch.no_grad()
+def held_out_accuracy(questions: list[ProbeQuestion], model, projector: nn.Module, batch_size: int = 100) -> dict:
+    """Teacher-forced exact match of the whole answer, by number of objects: {n: accuracy}."""
+    model.eval()
+    right: dict[int, int] = {}
+    total: dict[int, int] = {}
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start:start + batch_size]
+        embeds, labels, mask = embed_batch(chunk, model, projector)
+        predicted = model(inputs_embeds=embeds, attention_mask=mask).logits[:, :-1].argmax(-1)  # [B, T-1]
+        target = labels[:, 1:]
+        exact = ((predicted == target) | (target == -100)).all(-1)  # [B]
+        for q, ok in zip(chunk, exact.tolist()):
+            right[q.num_objects] = right.get(q.num_objects, 0) + int(ok)
+            total[q.num_objects] = total.get(q.num_objects, 0) + 1
+    model.train()
+    return {n: right[n] / total[n] for n in sorted(total)}
+
+
+def run_probe(args) -> list[dict]:
+    """Train projector and decoder on position questions; held-out accuracy every `eval_every` steps."""
+    torch.manual_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.llm)
+    model = AutoModelForCausalLM.from_pretrained(args.llm).train()
+    hidden = model.get_input_embeddings().embedding_dim
+    features = ProbeFeatures(args.feature_width, args.noise, args.seed)
+    projector = nn.Sequential(nn.Linear(args.feature_width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+    def draw(rng):
+        return draw_question(rng, features, tokenizer, args.conv_template, args.question, args.multi_object_only)
+    eval_rng, train_rng = random.Random(f"probe-eval-{args.seed}"), random.Random(f"probe-train-{args.seed}")
+    held_out = [draw(eval_rng) for _ in range(args.eval_questions)]
+    parameters = list(model.parameters()) + list(projector.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=0.0)
+    history = []
+    progress = tqdm(range(1, args.steps + 1), desc="training on position questions", unit="step")
+    for step in progress:
+        embeds, labels, mask = embed_batch([draw(train_rng) for _ in range(args.batch_size)], model, projector)
+        loss = model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+        if step % args.eval_every == 0 or step == args.steps:
+            accuracy = held_out_accuracy(held_out, model, projector)
+            history.append({"step": step, "loss": loss.item(), "accuracy_by_objects": accuracy})
+            progress.write(f"step {step}: " + ", ".join(f"{n} object(s) {a:.0%}" for n, a in accuracy.items()))
+    return history
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--llm", required=True, help="decoder folder (e.g. playground/tiny/tiny-vicuna)")
+    parser.add_argument("--conv-template", default="vicuna_v1", help="chat template of the prompts")
+    parser.add_argument("--question", choices=QUESTION_KINDS, default="color_and_shape",
+                        help="'Where is the red circle?' or 'Where is the circle?'")
+    parser.add_argument("--multi-object-only", action="store_true", help="ask only about pictures with 2-3 objects")
+    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--eval-questions", type=int, default=300)
+    parser.add_argument("--feature-width", type=int, default=64)
+    parser.add_argument("--noise", type=float, default=0.3, help="std of the Gaussian noise added to every feature")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write the accuracy history here")
+    return parser.parse_args(argv)
+
+
+def check_args(args) -> None:
+    require_path(args.llm, "--llm", kind="dir")
+    try:
+        get_conv_template(args.conv_template)
+    except ValueError as error:
+        raise UsageError(f"--conv-template: {error}") from None
+    for option in ("steps", "batch_size", "eval_every", "eval_questions", "feature_width"):
+        if getattr(args, option) < 1:
+            raise UsageError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
+
+
+def main(argv=None) -> int:
+    """Run the probe; problems raise `llava.errors.UserError` (see `run_main`)."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    check_args(args)
+    history = run_probe(args)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"args": vars(args), "history": history}, handle, indent=1)
+        logger.info("Wrote the accuracy history to %s", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,91 @@
+"""The look-up probe: its patch features follow the tiny layout, its questions and batches are what it
+says, and the command trains, scores and writes its history."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import torch
+from transformers import AutoTokenizer
+
+from llava.errors import run_main
+from llava.tiny import lookup_probe
+from llava.tiny.images import COLORS, POSITIONS, SHAPES, Scene, SceneObject
+from llava.tiny.lookup_probe import GRID, ProbeFeatures, draw_question, embed_batch
+
+
+def _scene() -> Scene:
+    return Scene(width=336, height=336, background="purple",
+                 objects=(SceneObject(color="red", shape="circle", position="top left"),
+                          SceneObject(color="red", shape="square", position="bottom right")),
+                 text="AB", text_position="center", text_color="white")
+
+
+def test_features_put_each_cell_on_its_patches():
+    features = ProbeFeatures(width=8, noise=0.0, seed=0)
+    grid = features(_scene()).reshape(2, GRID, GRID, 8)  # [crops, rows, cols, F]
+    assert torch.equal(grid[0], grid[1])  # the tile repeats the base crop
+    cell = list(POSITIONS)
+    red, circle, square = list(COLORS).index("red"), SHAPES.index("circle"), SHAPES.index("square")
+    purple = list(COLORS).index("purple")
+    expected = {  # (row, col) of a patch -> its vector, written out from the scene by hand
+        (0, 0): features.cell[cell.index("top left")] + features.color[red] + features.shape[circle] + 0.5 * features.in_cell[0],
+        (1, 1): features.cell[cell.index("top left")] + features.color[red] + features.shape[circle] + 0.5 * features.in_cell[3],
+        (5, 4): features.cell[cell.index("bottom right")] + features.color[red] + features.shape[square] + 0.5 * features.in_cell[2],
+        (2, 3): features.cell[cell.index("center")] + features.background[purple] + features.text[0] + 0.5 * features.in_cell[1],
+        (0, 2): features.cell[cell.index("top")] + features.background[purple] + 0.5 * features.in_cell[0],
+    }
+    for (row, col), vector in expected.items():
+        torch.testing.assert_close(grid[0, row, col], vector)
+
+
+def test_questions_name_one_object_and_skip_single_objects_when_asked(tiny_assets):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets.llm)
+    features = ProbeFeatures(width=8, noise=0.0, seed=0)
+    rng = random.Random(0)
+    questions = [draw_question(rng, features, tokenizer, "vicuna_v1", "shape", multi_object_only=True) for _ in range(40)]
+    assert {q.num_objects for q in questions} <= {2, 3}
+    prompt = tokenizer.decode(questions[0].after)
+    assert prompt.strip().startswith("Where is the") and prompt.rstrip().endswith("ASSISTANT:")
+    assert questions[0].answer[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(questions[0].before).rstrip().endswith("USER:")
+    mixed = [draw_question(rng, features, tokenizer, "vicuna_v1", "color_and_shape", False) for _ in range(60)]
+    assert 1 in {q.num_objects for q in mixed}
+
+
+def test_batches_label_only_the_answer(tiny_assets):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets.llm)
+    features = ProbeFeatures(width=8, noise=0.0, seed=0)
+    rng = random.Random(1)
+    questions = [draw_question(rng, features, tokenizer, "vicuna_v1", "color_and_shape", False) for _ in range(3)]
+    embed = torch.nn.Embedding(len(tokenizer), 16)
+
+    class Decoder:
+        def get_input_embeddings(self):
+            return embed
+
+    embeds, labels, mask = embed_batch(questions, Decoder(), torch.nn.Linear(8, 16))
+    lengths = [len(q.before) + features(_scene()).shape[0] + len(q.after) + len(q.answer) for q in questions]
+    assert embeds.shape == (3, max(lengths), 16) and mask.sum(1).tolist() == lengths
+    for row, q, length in zip(range(3), questions, lengths):
+        assert labels[row, length - len(q.answer):length].tolist() == q.answer
+        assert (labels[row, :length - len(q.answer)] == -100).all() and (labels[row, length:] == -100).all()
+
+
+def test_command_trains_scores_and_writes_history(tiny_assets, tmp_path):
+    out = tmp_path / "probe.json"
+    assert lookup_probe.main(["--llm", str(tiny_assets.llm), "--steps", "2", "--batch-size", "4", "--eval-every", "1",
+                              "--eval-questions", "12", "--json", str(out)]) == 0
+    history = json.loads(out.read_text())["history"]
+    assert [entry["step"] for entry in history] == [1, 2]
+    assert all(0.0 <= a <= 1.0 for entry in history for a in entry["accuracy_by_objects"].values())
+
+
+def test_bad_options_are_one_error_line(tiny_assets, tmp_path, capsys):
+    for argv, needle in ((["--llm", str(tmp_path / "missing")], "--llm"),
+                         (["--llm", str(tiny_assets.llm), "--steps", "0"], "--steps must be at least 1"),
+                         (["--llm", str(tiny_assets.llm), "--conv-template", "nope"], "--conv-template")):
+        assert run_main(lookup_probe.main, argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0]
