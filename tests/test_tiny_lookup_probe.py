@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from llava.errors import run_main
 from llava.tiny import lookup_probe
 from llava.tiny.images import COLORS, POSITIONS, SHAPES, Scene, SceneObject
-from llava.tiny.lookup_probe import GRID, ProbeFeatures, draw_question, embed_batch
+from llava.tiny.lookup_probe import GRID, ProbeFeatures, draw_question, embed_batch, held_out_accuracy
 
 
 def _scene() -> Scene:
@@ -44,21 +44,26 @@ def test_questions_name_one_object_and_skip_single_objects_when_asked(tiny_asset
     tokenizer = AutoTokenizer.from_pretrained(tiny_assets.llm)
     features = ProbeFeatures(width=8, noise=0.0, seed=0)
     rng = random.Random(0)
-    questions = [draw_question(rng, features, tokenizer, "vicuna_v1", "shape", multi_object_only=True) for _ in range(40)]
+    questions = [draw_question(rng, features, tokenizer, "vicuna_v1", "shape", multi_object_only=True)[0]
+                 for _ in range(40)]
     assert {q.num_objects for q in questions} <= {2, 3}
     prompt = tokenizer.decode(questions[0].after)
     assert prompt.strip().startswith("Where is the") and prompt.rstrip().endswith("ASSISTANT:")
     assert questions[0].answer[-1] == tokenizer.eos_token_id
     assert tokenizer.decode(questions[0].before).rstrip().endswith("USER:")
-    mixed = [draw_question(rng, features, tokenizer, "vicuna_v1", "color_and_shape", False) for _ in range(60)]
-    assert 1 in {q.num_objects for q in mixed}
+    drawn = [draw_question(rng, features, tokenizer, "vicuna_v1", "color_and_shape", False) for _ in range(60)]
+    assert 1 in {q.num_objects for q, _ in drawn}
+    replay = random.Random(0)
+    first_key = draw_question(replay, features, tokenizer, "vicuna_v1", "shape", True)[1]
+    again = draw_question(random.Random(0), features, tokenizer, "vicuna_v1", "shape", True, exclude=frozenset([first_key]))
+    assert again[1] != first_key  # an excluded (held-out) scene is never drawn
 
 
 def test_batches_label_only_the_answer(tiny_assets):
     tokenizer = AutoTokenizer.from_pretrained(tiny_assets.llm)
     features = ProbeFeatures(width=8, noise=0.0, seed=0)
     rng = random.Random(1)
-    questions = [draw_question(rng, features, tokenizer, "vicuna_v1", "color_and_shape", False) for _ in range(3)]
+    questions = [draw_question(rng, features, tokenizer, "vicuna_v1", "color_and_shape", False)[0] for _ in range(3)]
     embed = torch.nn.Embedding(len(tokenizer), 16)
 
     class Decoder:
@@ -73,6 +78,43 @@ def test_batches_label_only_the_answer(tiny_assets):
         assert (labels[row, :length - len(q.answer)] == -100).all() and (labels[row, length:] == -100).all()
 
 
+class _Oracle:
+    """A fake decoder whose logits at each position put all mass on the token `shift` places later
+    (shift 1: the right next token; shift 0: the current token, always wrong for these answers)."""
+
+    def __init__(self, questions, vocab: int, shift: int):
+        self.embed = torch.nn.Embedding(vocab, 4)
+        self.ids = [q.before + [0] * q.features.shape[0] + q.after + q.answer for q in questions]
+        self.vocab, self.shift = vocab, shift
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def eval(self):
+        return self
+
+    train = eval
+
+    def __call__(self, inputs_embeds, attention_mask):
+        logits = torch.zeros(*inputs_embeds.shape[:2], self.vocab)
+        for row, ids in enumerate(self.ids[:inputs_embeds.shape[0]]):
+            for t in range(len(ids) - self.shift):
+                logits[row, t, ids[t + self.shift]] = 1.0
+        return type("Output", (), {"logits": logits})()
+
+
+def test_scoring_counts_whole_answers_by_object_count(tiny_assets):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets.llm)
+    features = ProbeFeatures(width=8, noise=0.0, seed=0)
+    rng = random.Random(2)
+    questions = [draw_question(rng, features, tokenizer, "vicuna_v1", "color_and_shape", False)[0] for _ in range(30)]
+    projector = torch.nn.Linear(8, 4)
+    right = held_out_accuracy(questions, _Oracle(questions, len(tokenizer), 1), projector, batch_size=30)
+    wrong = held_out_accuracy(questions, _Oracle(questions, len(tokenizer), 0), projector, batch_size=30)
+    assert set(right) == {q.num_objects for q in questions}
+    assert all(a == 1.0 for a in right.values()) and all(a == 0.0 for a in wrong.values())
+
+
 def test_command_trains_scores_and_writes_history(tiny_assets, tmp_path):
     out = tmp_path / "probe.json"
     assert lookup_probe.main(["--llm", str(tiny_assets.llm), "--steps", "2", "--batch-size", "4", "--eval-every", "1",
@@ -85,7 +127,15 @@ def test_command_trains_scores_and_writes_history(tiny_assets, tmp_path):
 def test_bad_options_are_one_error_line(tiny_assets, tmp_path, capsys):
     for argv, needle in ((["--llm", str(tmp_path / "missing")], "--llm"),
                          (["--llm", str(tiny_assets.llm), "--steps", "0"], "--steps must be at least 1"),
-                         (["--llm", str(tiny_assets.llm), "--conv-template", "nope"], "--conv-template")):
+                         (["--llm", str(tiny_assets.llm), "--conv-template", "nope"], "--conv-template"),
+                         (["--llm", str(tiny_assets.llm), "--learning-rate", "0"], "--learning-rate"),
+                         (["--llm", str(tiny_assets.llm), "--noise", "-1"], "--noise"),
+                         (["--llm", str(tiny_assets.llm), "--json", str(tmp_path / "no" / "x.json")], "--json")):
         assert run_main(lookup_probe.main, argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0]
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    assert run_main(lookup_probe.main, ["--llm", str(not_a_model)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --llm") and "config.json" in err[0]

@@ -4,11 +4,12 @@ The tiny default never learns "Where is the red circle?" (it names the cell of o
 objects at random). This probe tells the decoder's part from the vision tower's: it replaces the tower
 and its features by fixed random vectors, one per colour, shape, cell, patch-in-cell, background and
 "text here", summed per patch on the tiny CLIP's 6x6 patch grid (base crop and its one tile, as the
-tiny AnyRes layout gives), so the features are clean by construction. A fresh 2-layer projector and
-the decoder (any family `AutoModelForCausalLM` loads, e.g. the tiny Vicuna) are trained on position
-questions in the decoder's own chat template, and held-out accuracy (teacher-forced exact match of the
-whole answer) is printed by number of objects in the picture, where a random pick among the objects
-scores 100% / 50% / 33%.
+tiny AnyRes layout gives, without its newline tokens), so the features are clean by construction. A
+fresh 2-layer projector and the decoder (any family `AutoModelForCausalLM` loads, e.g. the tiny
+Vicuna) are trained in float32 on position questions in a chat template (`--conv-template`, default
+the tiny models' `vicuna_v1`: give your decoder's own), and accuracy on held-out scenes (never drawn
+for training; teacher-forced exact match of the whole answer) is printed by number of objects in the
+picture, where a random pick among the objects scores 100% / 50% / 33%.
 
     python -m llava.tiny.lookup_probe --llm playground/tiny/tiny-vicuna --steps 2500 --multi-object-only
 
@@ -21,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import random
 import sys
 from dataclasses import dataclass
@@ -28,13 +31,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import get_conv_template
-from llava.errors import UsageError, require_path, run_main
-from llava.tiny.images import COLORS, POSITIONS, SHAPES, Scene, position_question, random_scene
+from llava.errors import DamagedInputError, UsageError, run_main
+from llava.tiny.images import COLORS, POSITIONS, SHAPES, Scene, position_question, random_scene, scene_to_dict
 from llava.tiny.models import CLIP_IMAGE_SIZE, CLIP_PATCH_SIZE
+from llava.train.check_data import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ class ProbeFeatures:
         vector = self.cell[cell_index] + self.background[list(COLORS).index(scene.background)]
         return vector + self.text[0] if scene.text_position == cell else vector
 
-    def __call__(self, scene: Scene) -> torch.Tensor:
+    def __call__(self, scene: Scene, noise_generator: torch.Generator | None = None) -> torch.Tensor:
         """The scene's patch features, [CROPS * GRID * GRID, F], crops one after another, rows first."""
         grid = torch.zeros(GRID, GRID, self.width)  # [G, G, F]
         for cell_index, (cell, (row, col)) in enumerate(POSITIONS.items()):
@@ -73,7 +77,7 @@ class ProbeFeatures:
                 grid[row * CELL_PATCHES + dr, col * CELL_PATCHES + dc] = base + 0.5 * self.in_cell[k]
         crop = grid.reshape(GRID * GRID, self.width)  # [G*G, F]
         features = crop.repeat(CROPS, 1)  # [CROPS*G*G, F]
-        return features + self.noise * torch.randn(features.shape)
+        return features + self.noise * torch.randn(features.shape, generator=noise_generator)
 
 
 @dataclass
@@ -93,13 +97,19 @@ def _named_objects(scene: Scene, kind: str) -> list:
     return [obj for obj in scene.objects if keys.count(key(obj)) == 1]
 
 
+def scene_key(scene: Scene) -> str:
+    return json.dumps(scene_to_dict(scene), sort_keys=True)
+
+
 def draw_question(rng: random.Random, features: ProbeFeatures, tokenizer, template: str, kind: str,
-                  multi_object_only: bool) -> ProbeQuestion:
-    """A random scene with a position question about one of its objects, tokenized in `template`."""
+                  multi_object_only: bool, noise_generator: torch.Generator | None = None,
+                  exclude: frozenset[str] = frozenset()) -> tuple[ProbeQuestion, str]:
+    """A random scene (none of `exclude`'s keys) with a position question about one of its objects,
+    tokenized in `template`; and the scene's key."""
     while True:
         scene = random_scene(rng)
         named = _named_objects(scene, kind)
-        if named and (len(scene.objects) > 1 or not multi_object_only):
+        if named and (len(scene.objects) > 1 or not multi_object_only) and scene_key(scene) not in exclude:
             break
     obj = rng.choice(named)
     question, answer = position_question(obj)
@@ -110,8 +120,9 @@ def draw_question(rng: random.Random, features: ProbeFeatures, tokenizer, templa
     conv.append_message(conv.roles[1], None)
     before, after = conv.get_prompt().split(DEFAULT_IMAGE_TOKEN)
     answer_ids = tokenizer(" " + answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    return ProbeQuestion(features(scene), tokenizer(before).input_ids,
-                         tokenizer(after, add_special_tokens=False).input_ids, answer_ids, len(scene.objects))
+    question = ProbeQuestion(features(scene, noise_generator), tokenizer(before).input_ids,
+                             tokenizer(after, add_special_tokens=False).input_ids, answer_ids, len(scene.objects))
+    return question, scene_key(scene)
 
 
 def embed_batch(questions: list[ProbeQuestion], model, projector: nn.Module):
@@ -153,22 +164,27 @@ def held_out_accuracy(questions: list[ProbeQuestion], model, projector: nn.Modul
 
 def run_probe(args) -> list[dict]:
     """Train projector and decoder on position questions; held-out accuracy every `eval_every` steps."""
-    torch.manual_seed(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.llm)
-    model = AutoModelForCausalLM.from_pretrained(args.llm).train()
+    tokenizer, model = load_decoder(args.llm)
     hidden = model.get_input_embeddings().embedding_dim
     features = ProbeFeatures(args.feature_width, args.noise, args.seed)
-    projector = nn.Sequential(nn.Linear(args.feature_width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-    def draw(rng):
-        return draw_question(rng, features, tokenizer, args.conv_template, args.question, args.multi_object_only)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed + 1)
+        projector = nn.Sequential(nn.Linear(args.feature_width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+    def draw(rng, noise, exclude=frozenset()):
+        return draw_question(rng, features, tokenizer, args.conv_template, args.question, args.multi_object_only,
+                             noise, exclude)
     eval_rng, train_rng = random.Random(f"probe-eval-{args.seed}"), random.Random(f"probe-train-{args.seed}")
-    held_out = [draw(eval_rng) for _ in range(args.eval_questions)]
+    eval_noise = torch.Generator().manual_seed(args.seed + 2)
+    train_noise = torch.Generator().manual_seed(args.seed + 3)
+    held_out, held_out_keys = zip(*(draw(eval_rng, eval_noise) for _ in range(args.eval_questions)))
+    held_out, held_out_keys = list(held_out), frozenset(held_out_keys)
     parameters = list(model.parameters()) + list(projector.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=0.0)
     history = []
     progress = tqdm(range(1, args.steps + 1), desc="training on position questions", unit="step")
     for step in progress:
-        embeds, labels, mask = embed_batch([draw(train_rng) for _ in range(args.batch_size)], model, projector)
+        batch = [draw(train_rng, train_noise, held_out_keys)[0] for _ in range(args.batch_size)]
+        embeds, labels, mask = embed_batch(batch, model, projector)
         loss = model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -180,6 +196,19 @@ def run_probe(args) -> list[dict]:
             history.append({"step": step, "loss": loss.item(), "accuracy_by_objects": accuracy})
             progress.write(f"step {step}: " + ", ".join(f"{n} object(s) {a:.0%}" for n, a in accuracy.items()))
     return history
+
+
+def load_decoder(name_or_path: str):
+    """The tokenizer and the float32 decoder of `name_or_path` (`--llm`); problems are one error."""
+    tokenizer = load_tokenizer(name_or_path, "--llm")
+    if tokenizer.eos_token_id is None:
+        raise UsageError(f"--llm {name_or_path}: its tokenizer has no end-of-sequence token to end the answers with.")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as error:
+        raise DamagedInputError(f"--llm {name_or_path}: no causal language model loads from it ({error}); give a "
+                                "decoder folder, e.g. playground/tiny/tiny-vicuna (python -m llava.tiny builds it).") from error
+    return tokenizer, model.train()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -198,11 +227,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--noise", type=float, default=0.3, help="std of the Gaussian noise added to every feature")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the accuracy history here")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser.parse_args(argv)
 
 
 def check_args(args) -> None:
-    require_path(args.llm, "--llm", kind="dir")
     try:
         get_conv_template(args.conv_template)
     except ValueError as error:
@@ -210,6 +239,14 @@ def check_args(args) -> None:
     for option in ("steps", "batch_size", "eval_every", "eval_questions", "feature_width"):
         if getattr(args, option) < 1:
             raise UsageError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise UsageError(f"--learning-rate must be a positive number, got {args.learning_rate}")
+    if not (math.isfinite(args.noise) and args.noise >= 0):
+        raise UsageError(f"--noise must be a number >= 0, got {args.noise}")
+    if args.json:
+        folder = os.path.dirname(os.path.abspath(os.path.expanduser(args.json)))
+        if os.path.isdir(args.json) or not os.path.isdir(folder):
+            raise UsageError(f"--json {args.json}: give a file name in an existing folder.")
 
 
 def main(argv=None) -> int:
