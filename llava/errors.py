@@ -106,6 +106,17 @@ def require_path(path: str | os.PathLike, option: str, kind: str = "any") -> Pat
     return path
 
 
+def require_output_file(path: str | os.PathLike, option: str) -> None:
+    """`path` can be written as a new file: not a folder, in a folder that exists (checked before
+    minutes of work), else a `UsageError` naming `option`."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give a file name in it.")
+    if not path.absolute().parent.is_dir():
+        raise UsageError(f"{option} {path}: the folder {path.absolute().parent} does not exist; create it or pick "
+                         "another path.")
+
+
 def read_json_file(path: str | os.PathLike, what: str = "JSON file"):
     """Parse `path`; damaged JSON is a `DamagedInputError` naming the file and the line."""
     path = Path(path)

@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import DynamicCache
 
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.errors import UsageError, UserError, one_line, run_main
+from llava.errors import UsageError, UserError, one_line, require_output_file, run_main
 from llava.model import FAMILIES
 from llava.model.backends import ATTN_IMPLEMENTATIONS
 from llava.model.builder import resolve_dtype
@@ -797,22 +797,12 @@ def write_json(result: dict, path: str | None) -> None:
         print(f"wrote {path}")
 
 
-def _check_json_path(path: str | None) -> None:
-    """`--json` must name a file in an existing folder (checked before minutes of measuring)."""
-    if path is None:
-        return
-    if os.path.isdir(path):
-        raise UsageError(f"--json {path} is a folder; give a file name, e.g. {os.path.join(path, 'flops.json')}.")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UsageError(f"--json {path}: the folder {folder} does not exist; create it or pick another path.")
-
-
 def main(argv=None) -> int:
     """The benchmark under the project's error policy (`llava.errors.run_main`)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    _check_json_path(args.json)
+    if args.json is not None:
+        require_output_file(args.json, "--json")
     try:
         prepare(args)
     except UserError:

@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import random
 import sys
 from dataclasses import dataclass
@@ -35,8 +34,17 @@ from transformers import AutoModelForCausalLM
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import get_conv_template
-from llava.errors import DamagedInputError, UsageError, run_main
-from llava.tiny.images import COLORS, POSITIONS, SHAPES, Scene, position_question, random_scene, scene_to_dict
+from llava.errors import DamagedInputError, UsageError, require_output_file, run_main
+from llava.tiny.images import (
+    COLORS,
+    POSITIONS,
+    SHAPES,
+    Scene,
+    _unique_kinds,
+    position_question,
+    random_scene,
+    scene_to_dict,
+)
 from llava.tiny.models import CLIP_IMAGE_SIZE, CLIP_PATCH_SIZE
 from llava.train.check_data import load_tokenizer
 
@@ -91,10 +99,10 @@ class ProbeQuestion:
 
 def _named_objects(scene: Scene, kind: str) -> list:
     """The objects a `kind` question can name unambiguously."""
-    def key(obj):
-        return obj.shape if kind == "shape" else (obj.color, obj.shape)
-    keys = [key(obj) for obj in scene.objects]
-    return [obj for obj in scene.objects if keys.count(key(obj)) == 1]
+    if kind == "color_and_shape":
+        return _unique_kinds(scene)
+    shapes = [obj.shape for obj in scene.objects]
+    return [obj for obj in scene.objects if shapes.count(obj.shape) == 1]
 
 
 def scene_key(scene: Scene) -> str:
@@ -244,9 +252,7 @@ def check_args(args) -> None:
     if not (math.isfinite(args.noise) and args.noise >= 0):
         raise UsageError(f"--noise must be a number >= 0, got {args.noise}")
     if args.json:
-        folder = os.path.dirname(os.path.abspath(os.path.expanduser(args.json)))
-        if os.path.isdir(args.json) or not os.path.isdir(folder):
-            raise UsageError(f"--json {args.json}: give a file name in an existing folder.")
+        require_output_file(args.json, "--json")
 
 
 def main(argv=None) -> int:

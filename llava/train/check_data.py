@@ -25,7 +25,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from llava.conversation import conv_templates
-from llava.errors import DamagedInputError, UsageError, require_path, run_main, short_reason
+from llava.errors import (
+    DamagedInputError,
+    UsageError,
+    require_output_file,
+    require_path,
+    run_main,
+    short_reason,
+)
 from llava.mm_utils import get_anyres_image_grid_shape, parse_grid_pinpoints
 from llava.model.language_model.llava_decoder import DEFAULT_GRID_PINPOINTS
 from llava.train.data import data_files, read_records, tokens_kept
@@ -255,12 +262,7 @@ def check_options(args: argparse.Namespace) -> None:
     if args.image_folder:
         check_image_folder(args.image_folder)
     if args.report_json:
-        report = os.path.abspath(os.path.expanduser(args.report_json))
-        if os.path.isdir(report):
-            raise UsageError(f"--report_json {args.report_json} is a folder; give a file name for the JSON report.")
-        if not os.path.isdir(os.path.dirname(report)):
-            raise UsageError(f"--report_json {args.report_json}: the folder {os.path.dirname(report)} does not exist; "
-                             "create it or write the report elsewhere.")
+        require_output_file(args.report_json, "--report_json")
 
 
 def load_tokenizer(model_name_or_path: str, option: str = "--model_name_or_path", **kwargs):
