@@ -9,6 +9,7 @@ import random
 import torch
 from transformers import AutoTokenizer
 
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.errors import run_main
 from llava.tiny import lookup_probe
 from llava.tiny.images import COLORS, POSITIONS, SHAPES, Scene, SceneObject
@@ -47,10 +48,12 @@ def test_questions_name_one_object_and_skip_single_objects_when_asked(tiny_asset
     questions = [draw_question(rng, features, tokenizer, "vicuna_v1", "shape", multi_object_only=True)[0]
                  for _ in range(40)]
     assert {q.num_objects for q in questions} <= {2, 3}
-    prompt = tokenizer.decode(questions[0].after)
-    assert prompt.strip().startswith("Where is the") and prompt.rstrip().endswith("ASSISTANT:")
-    assert questions[0].answer[-1] == tokenizer.eos_token_id
-    assert tokenizer.decode(questions[0].before).rstrip().endswith("USER:")
+    at = questions[0].input_ids.index(IMAGE_TOKEN_INDEX)
+    assert tokenizer.decode(questions[0].input_ids[:at]).rstrip().endswith("USER:")
+    prompt = tokenizer.decode(questions[0].input_ids[at + 1:])
+    assert prompt.strip().startswith("Where is the") and "ASSISTANT: At the" in prompt
+    answer = [i for i in questions[0].labels if i != IGNORE_INDEX]
+    assert answer[-1] == tokenizer.eos_token_id and tokenizer.decode(answer).startswith("At the")
     drawn = [draw_question(rng, features, tokenizer, "vicuna_v1", "color_and_shape", False) for _ in range(60)]
     assert 1 in {q.num_objects for q, _ in drawn}
     replay = random.Random(0)
@@ -71,11 +74,27 @@ def test_batches_label_only_the_answer(tiny_assets):
             return embed
 
     embeds, labels, mask = embed_batch(questions, Decoder(), torch.nn.Linear(8, 16))
-    lengths = [len(q.before) + features(_scene()).shape[0] + len(q.after) + len(q.answer) for q in questions]
+    image = features(_scene()).shape[0]
+    lengths = [len(q.input_ids) - 1 + image for q in questions]
     assert embeds.shape == (3, max(lengths), 16) and mask.sum(1).tolist() == lengths
     for row, q, length in zip(range(3), questions, lengths):
-        assert labels[row, length - len(q.answer):length].tolist() == q.answer
-        assert (labels[row, :length - len(q.answer)] == -100).all() and (labels[row, length:] == -100).all()
+        at = q.input_ids.index(IMAGE_TOKEN_INDEX)
+        expected = q.labels[:at] + [IGNORE_INDEX] * image + q.labels[at + 1:] + [IGNORE_INDEX] * (max(lengths) - length)
+        assert labels[row].tolist() == expected
+        assert any(label != IGNORE_INDEX for label in q.labels)
+
+
+def test_multi_turn_conversations_ask_each_object_once_and_label_every_answer(tiny_assets):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets.llm)
+    features = ProbeFeatures(width=8, noise=0.0, seed=0)
+    rng = random.Random(3)
+    for _ in range(20):
+        q = draw_question(rng, features, tokenizer, "vicuna_v1", "color_and_shape", True, turns=3)[0]
+        text = tokenizer.decode([i for i in q.input_ids if i != IMAGE_TOKEN_INDEX])
+        asked = [part.split("?")[0] for part in text.split("Where is the ")[1:]]
+        answers = [i for i in q.labels if i == tokenizer.eos_token_id]  # each answer ends its turn with </s>
+        assert 1 <= len(asked) <= 3 and len(set(asked)) == len(asked) == len(answers)
+        assert q.input_ids.count(IMAGE_TOKEN_INDEX) == 1
 
 
 class _Oracle:
@@ -84,7 +103,10 @@ class _Oracle:
 
     def __init__(self, questions, vocab: int, shift: int):
         self.embed = torch.nn.Embedding(vocab, 4)
-        self.ids = [q.before + [0] * q.features.shape[0] + q.after + q.answer for q in questions]
+        self.ids = []
+        for q in questions:
+            at = q.input_ids.index(IMAGE_TOKEN_INDEX)
+            self.ids.append(q.input_ids[:at] + [0] * q.features.shape[0] + q.input_ids[at + 1:])
         self.vocab, self.shift = vocab, shift
 
     def get_input_embeddings(self):
@@ -117,7 +139,7 @@ def test_scoring_counts_whole_answers_by_object_count(tiny_assets):
 
 def test_command_trains_scores_and_writes_history(tiny_assets, tmp_path):
     out = tmp_path / "probe.json"
-    assert lookup_probe.main(["--llm", str(tiny_assets.llm), "--steps", "2", "--batch-size", "4", "--eval-every", "1",
+    assert lookup_probe.main(["--llm", str(tiny_assets.llm), "--steps", "2", "--batch-size", "4", "--eval-every", "1", "--turns", "2",
                               "--eval-questions", "12", "--json", str(out)]) == 0
     history = json.loads(out.read_text())["history"]
     assert [entry["step"] for entry in history] == [1, 2]
@@ -127,6 +149,7 @@ def test_command_trains_scores_and_writes_history(tiny_assets, tmp_path):
 def test_bad_options_are_one_error_line(tiny_assets, tmp_path, capsys):
     for argv, needle in ((["--llm", str(tmp_path / "missing")], "--llm"),
                          (["--llm", str(tiny_assets.llm), "--steps", "0"], "--steps must be at least 1"),
+                         (["--llm", str(tiny_assets.llm), "--turns", "0"], "--turns must be at least 1"),
                          (["--llm", str(tiny_assets.llm), "--conv-template", "nope"], "--conv-template"),
                          (["--llm", str(tiny_assets.llm), "--learning-rate", "0"], "--learning-rate"),
                          (["--llm", str(tiny_assets.llm), "--noise", "-1"], "--noise"),

@@ -7,7 +7,9 @@ and its features by fixed random vectors, one per colour, shape, cell, patch-in-
 tiny AnyRes layout gives, without its newline tokens), so the features are clean by construction. A
 fresh 2-layer projector and the decoder (any family `AutoModelForCausalLM` loads, e.g. the tiny
 Vicuna) are trained in float32 on position questions in a chat template (`--conv-template`, default
-the tiny models' `vicuna_v1`: give your decoder's own), and accuracy on held-out scenes (never drawn
+the tiny models' `vicuna_v1`: give your decoder's own), tokenized and labelled as training does
+(`llava.train.preprocess`); `--turns N` asks about up to N of a training picture's objects, one per
+turn, as LLaVA's multi-turn records do. Accuracy on held-out scenes (single-turn questions, never drawn
 for training; teacher-forced exact match of the whole answer) is printed by number of objects in the
 picture, where a random pick among the objects scores 100% / 50% / 33%.
 
@@ -32,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
-from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
 from llava.errors import DamagedInputError, UsageError, require_output_file, run_main
 from llava.tiny.images import (
@@ -47,6 +49,7 @@ from llava.tiny.images import (
 )
 from llava.tiny.models import CLIP_IMAGE_SIZE, CLIP_PATCH_SIZE
 from llava.train.check_data import load_tokenizer
+from llava.train.preprocess import tokenize_conversation
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +94,8 @@ class ProbeFeatures:
 @dataclass
 class ProbeQuestion:
     features: torch.Tensor  # [N, F]
-    before: list[int]  # prompt token ids before the image
-    after: list[int]  # prompt token ids after the image
-    answer: list[int]  # answer token ids, end-of-sequence included
+    input_ids: list[int]  # the conversation's token ids, IMAGE_TOKEN_INDEX where the image goes
+    labels: list[int]  # the answer tokens' ids (end of turn included), IGNORE_INDEX elsewhere
     num_objects: int
 
 
@@ -111,25 +113,23 @@ def scene_key(scene: Scene) -> str:
 
 def draw_question(rng: random.Random, features: ProbeFeatures, tokenizer, template: str, kind: str,
                   multi_object_only: bool, noise_generator: torch.Generator | None = None,
-                  exclude: frozenset[str] = frozenset()) -> tuple[ProbeQuestion, str]:
-    """A random scene (none of `exclude`'s keys) with a position question about one of its objects,
-    tokenized in `template`; and the scene's key."""
+                  exclude: frozenset[str] = frozenset(), turns: int = 1) -> tuple[ProbeQuestion, str]:
+    """A random scene (none of `exclude`'s keys) with position questions about up to `turns` of its
+    objects, one per turn, tokenized in `template` as training tokenizes it; and the scene's key."""
     while True:
         scene = random_scene(rng)
         named = _named_objects(scene, kind)
         if named and (len(scene.objects) > 1 or not multi_object_only) and scene_key(scene) not in exclude:
             break
-    obj = rng.choice(named)
-    question, answer = position_question(obj)
-    if kind == "shape":
-        question = f"Where is the {obj.shape}?"
-    conv = get_conv_template(template)
-    conv.append_message(conv.roles[0], f"{DEFAULT_IMAGE_TOKEN}\n{question}")
-    conv.append_message(conv.roles[1], None)
-    before, after = conv.get_prompt().split(DEFAULT_IMAGE_TOKEN)
-    answer_ids = tokenizer(" " + answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    question = ProbeQuestion(features(scene, noise_generator), tokenizer(before).input_ids,
-                             tokenizer(after, add_special_tokens=False).input_ids, answer_ids, len(scene.objects))
+    conversation = []
+    for obj in rng.sample(named, min(turns, len(named))):
+        question, answer = position_question(obj)
+        if kind == "shape":
+            question = f"Where is the {obj.shape}?"
+        prefix = f"{DEFAULT_IMAGE_TOKEN}\n" if not conversation else ""
+        conversation += [{"from": "human", "value": prefix + question}, {"from": "gpt", "value": answer}]
+    input_ids, labels = tokenize_conversation(conversation, tokenizer, template, has_image=True)
+    question = ProbeQuestion(features(scene, noise_generator), input_ids.tolist(), labels.tolist(), len(scene.objects))
     return question, scene_key(scene)
 
 
@@ -138,10 +138,10 @@ def embed_batch(questions: list[ProbeQuestion], model, projector: nn.Module):
     embed = model.get_input_embeddings()
     rows, labels = [], []
     for q in questions:
-        text_after = torch.tensor(q.after + q.answer)
-        row = torch.cat([embed(torch.tensor(q.before)), projector(q.features), embed(text_after)])  # [T_i, D]
-        label = torch.full((row.shape[0],), -100)
-        label[-len(q.answer):] = torch.tensor(q.answer)
+        at = q.input_ids.index(IMAGE_TOKEN_INDEX)
+        image = projector(q.features)  # [N, D]
+        row = torch.cat([embed(torch.tensor(q.input_ids[:at])), image, embed(torch.tensor(q.input_ids[at + 1:]))])  # [T_i, D]
+        label = torch.tensor(q.labels[:at] + [IGNORE_INDEX] * image.shape[0] + q.labels[at + 1:])  # [T_i]
         rows.append(row)
         labels.append(label)
     length = max(row.shape[0] for row in rows)
@@ -178,9 +178,9 @@ def run_probe(args) -> list[dict]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed + 1)
         projector = nn.Sequential(nn.Linear(args.feature_width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-    def draw(rng, noise, exclude=frozenset()):
+    def draw(rng, noise, exclude=frozenset(), turns=1):
         return draw_question(rng, features, tokenizer, args.conv_template, args.question, args.multi_object_only,
-                             noise, exclude)
+                             noise, exclude, turns)
     eval_rng, train_rng = random.Random(f"probe-eval-{args.seed}"), random.Random(f"probe-train-{args.seed}")
     eval_noise = torch.Generator().manual_seed(args.seed + 2)
     train_noise = torch.Generator().manual_seed(args.seed + 3)
@@ -191,7 +191,7 @@ def run_probe(args) -> list[dict]:
     history = []
     progress = tqdm(range(1, args.steps + 1), desc="training on position questions", unit="step")
     for step in progress:
-        batch = [draw(train_rng, train_noise, held_out_keys)[0] for _ in range(args.batch_size)]
+        batch = [draw(train_rng, train_noise, held_out_keys, args.turns)[0] for _ in range(args.batch_size)]
         embeds, labels, mask = embed_batch(batch, model, projector)
         loss = model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
         loss.backward()
@@ -226,6 +226,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--question", choices=QUESTION_KINDS, default="color_and_shape",
                         help="'Where is the red circle?' or 'Where is the circle?'")
     parser.add_argument("--multi-object-only", action="store_true", help="ask only about pictures with 2-3 objects")
+    parser.add_argument("--turns", type=int, default=1,
+                        help="training conversations ask about up to this many of the picture's objects, one per turn "
+                             "(the held-out questions are single-turn)")
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -244,7 +247,7 @@ def check_args(args) -> None:
         get_conv_template(args.conv_template)
     except ValueError as error:
         raise UsageError(f"--conv-template: {error}") from None
-    for option in ("steps", "batch_size", "eval_every", "eval_questions", "feature_width"):
+    for option in ("turns", "steps", "batch_size", "eval_every", "eval_questions", "feature_width"):
         if getattr(args, option) < 1:
             raise UsageError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
     if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
