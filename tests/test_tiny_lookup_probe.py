@@ -97,6 +97,27 @@ def test_multi_turn_conversations_ask_each_object_once_and_label_every_answer(ti
         assert q.input_ids.count(IMAGE_TOKEN_INDEX) == 1
 
 
+def test_pictures_in_words_are_captions_without_image_tokens(tiny_assets):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets.llm)
+    rng = random.Random(4)
+    questions = [draw_question(rng, None, tokenizer, "vicuna_v1", "color_and_shape", True)[0] for _ in range(4)]
+    for q in questions:
+        assert q.features is None and IMAGE_TOKEN_INDEX not in q.input_ids
+        text = tokenizer.decode(q.input_ids)
+        assert "USER: Picture: A" in text and "background" in text and "Where is the" in text
+    embed = torch.nn.Embedding(len(tokenizer), 16)
+
+    class Decoder:
+        def get_input_embeddings(self):
+            return embed
+
+    embeds, labels, mask = embed_batch(questions, Decoder(), torch.nn.Linear(8, 16))
+    assert mask.sum(1).tolist() == [len(q.input_ids) for q in questions]
+    for row, q in enumerate(questions):
+        assert labels[row, :len(q.labels)].tolist() == q.labels
+        torch.testing.assert_close(embeds[row, :len(q.input_ids)], embed(torch.tensor(q.input_ids)))
+
+
 class _Oracle:
     """A fake decoder whose logits at each position put all mass on the token `shift` places later
     (shift 1: the right next token; shift 0: the current token, always wrong for these answers)."""
@@ -144,6 +165,8 @@ def test_command_trains_scores_and_writes_history(tiny_assets, tmp_path):
     history = json.loads(out.read_text())["history"]
     assert [entry["step"] for entry in history] == [1, 2]
     assert all(0.0 <= a <= 1.0 for entry in history for a in entry["accuracy_by_objects"].values())
+    assert lookup_probe.main(["--llm", str(tiny_assets.llm), "--steps", "1", "--batch-size", "2", "--eval-questions", "4",
+                              "--picture", "words"]) == 0
 
 
 def test_bad_options_are_one_error_line(tiny_assets, tmp_path, capsys):

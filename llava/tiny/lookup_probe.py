@@ -9,7 +9,8 @@ fresh 2-layer projector and the decoder (any family `AutoModelForCausalLM` loads
 Vicuna) are trained in float32 on position questions in a chat template (`--conv-template`, default
 the tiny models' `vicuna_v1`: give your decoder's own), tokenized and labelled as training does
 (`llava.train.preprocess`); `--turns N` asks about up to N of a training picture's objects, one per
-turn, as LLaVA's multi-turn records do. Accuracy on held-out scenes (single-turn questions, never drawn
+turn, as LLaVA's multi-turn records do; `--picture words` gives the picture as its caption in words
+instead, a text-only look-up (no projector). Accuracy on held-out scenes (single-turn questions, never drawn
 for training; teacher-forced exact match of the whole answer) is printed by number of objects in the
 picture, where a random pick among the objects scores 100% / 50% / 33%.
 
@@ -43,6 +44,7 @@ from llava.tiny.images import (
     SHAPES,
     Scene,
     _unique_kinds,
+    describe_scene,
     position_question,
     random_scene,
     scene_to_dict,
@@ -93,7 +95,7 @@ class ProbeFeatures:
 
 @dataclass
 class ProbeQuestion:
-    features: torch.Tensor  # [N, F]
+    features: torch.Tensor | None  # [N, F]; None when the picture is described in words
     input_ids: list[int]  # the conversation's token ids, IMAGE_TOKEN_INDEX where the image goes
     labels: list[int]  # the answer tokens' ids (end of turn included), IGNORE_INDEX elsewhere
     num_objects: int
@@ -111,11 +113,13 @@ def scene_key(scene: Scene) -> str:
     return json.dumps(scene_to_dict(scene), sort_keys=True)
 
 
-def draw_question(rng: random.Random, features: ProbeFeatures, tokenizer, template: str, kind: str,
+def draw_question(rng: random.Random, features: ProbeFeatures | None, tokenizer, template: str, kind: str,
                   multi_object_only: bool, noise_generator: torch.Generator | None = None,
                   exclude: frozenset[str] = frozenset(), turns: int = 1) -> tuple[ProbeQuestion, str]:
     """A random scene (none of `exclude`'s keys) with position questions about up to `turns` of its
-    objects, one per turn, tokenized in `template` as training tokenizes it; and the scene's key."""
+    objects, one per turn, tokenized in `template` as training tokenizes it; and the scene's key.
+    With `features` None the picture is its caption in words ("Picture: A red circle at the top ..."),
+    as the tiny LLM's text pretraining gives it, instead of patch features."""
     while True:
         scene = random_scene(rng)
         named = _named_objects(scene, kind)
@@ -126,10 +130,12 @@ def draw_question(rng: random.Random, features: ProbeFeatures, tokenizer, templa
         question, answer = position_question(obj)
         if kind == "shape":
             question = f"Where is the {obj.shape}?"
-        prefix = f"{DEFAULT_IMAGE_TOKEN}\n" if not conversation else ""
+        picture = DEFAULT_IMAGE_TOKEN if features is not None else f"Picture: {describe_scene(scene)}"
+        prefix = f"{picture}\n" if not conversation else ""
         conversation += [{"from": "human", "value": prefix + question}, {"from": "gpt", "value": answer}]
-    input_ids, labels = tokenize_conversation(conversation, tokenizer, template, has_image=True)
-    question = ProbeQuestion(features(scene, noise_generator), input_ids.tolist(), labels.tolist(), len(scene.objects))
+    input_ids, labels = tokenize_conversation(conversation, tokenizer, template, has_image=features is not None)
+    patches = features(scene, noise_generator) if features is not None else None
+    question = ProbeQuestion(patches, input_ids.tolist(), labels.tolist(), len(scene.objects))
     return question, scene_key(scene)
 
 
@@ -138,6 +144,10 @@ def embed_batch(questions: list[ProbeQuestion], model, projector: nn.Module):
     embed = model.get_input_embeddings()
     rows, labels = [], []
     for q in questions:
+        if q.features is None:  # the picture is in words
+            rows.append(embed(torch.tensor(q.input_ids)))  # [T_i, D]
+            labels.append(torch.tensor(q.labels))
+            continue
         at = q.input_ids.index(IMAGE_TOKEN_INDEX)
         image = projector(q.features)  # [N, D]
         row = torch.cat([embed(torch.tensor(q.input_ids[:at])), image, embed(torch.tensor(q.input_ids[at + 1:]))])  # [T_i, D]
@@ -174,7 +184,7 @@ def run_probe(args) -> list[dict]:
     """Train projector and decoder on position questions; held-out accuracy every `eval_every` steps."""
     tokenizer, model = load_decoder(args.llm)
     hidden = model.get_input_embeddings().embedding_dim
-    features = ProbeFeatures(args.feature_width, args.noise, args.seed)
+    features = ProbeFeatures(args.feature_width, args.noise, args.seed) if args.picture == "features" else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed + 1)
         projector = nn.Sequential(nn.Linear(args.feature_width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
@@ -225,6 +235,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--conv-template", default="vicuna_v1", help="chat template of the prompts")
     parser.add_argument("--question", choices=QUESTION_KINDS, default="color_and_shape",
                         help="'Where is the red circle?' or 'Where is the circle?'")
+    parser.add_argument("--picture", choices=("features", "words"), default="features",
+                        help="the picture as fixed random patch features, or as its caption in words (text only: "
+                             "does the decoder learn the look-up at all?)")
     parser.add_argument("--multi-object-only", action="store_true", help="ask only about pictures with 2-3 objects")
     parser.add_argument("--turns", type=int, default=1,
                         help="training conversations ask about up to this many of the picture's objects, one per turn "
