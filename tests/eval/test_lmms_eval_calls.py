@@ -2,7 +2,8 @@
 
 `LmmsEvalLlava` below replays the calls of lmms-eval's `lmms_eval/models/simple/llava.py`
 (`Llava.__init__`, `pad_sequence`, `generate_until`, `loglikelihood`) without lmms-eval's own
-machinery (accelerate, task registry, request objects), which is not installed here: the same
+machinery (accelerate, task registry, request objects), so it runs where lmms-eval is not installed
+(`test_lmms_eval_plugin.py` drives lmms-eval's class itself where it is): the same
 imports, the same `load_pretrained_model` arguments, the same prompt building, left/right padding
 by `tokenizer.padding_side`, pixels cast to float16, and the same `generate` / forward calls.
 """
