@@ -13,7 +13,7 @@ from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.errors import run_main
 from llava.tiny import lookup_probe
 from llava.tiny.images import COLORS, POSITIONS, SHAPES, Scene, SceneObject
-from llava.tiny.lookup_probe import GRID, ProbeFeatures, draw_question, embed_batch, held_out_accuracy
+from llava.tiny.lookup_probe import GRID, ProbeFeatures, draw_conversation, embed_batch, held_out_accuracy
 
 
 def _scene() -> Scene:
@@ -45,7 +45,7 @@ def test_questions_name_one_object_and_skip_single_objects_when_asked(tiny_asset
     tokenizer = AutoTokenizer.from_pretrained(tiny_assets.llm)
     features = ProbeFeatures(width=8, noise=0.0, seed=0)
     rng = random.Random(0)
-    questions = [draw_question(rng, features, tokenizer, "vicuna_v1", "shape", multi_object_only=True)[0]
+    questions = [draw_conversation(rng, features, tokenizer, "vicuna_v1", "shape", multi_object_only=True)[0]
                  for _ in range(40)]
     assert {q.num_objects for q in questions} <= {2, 3}
     at = questions[0].input_ids.index(IMAGE_TOKEN_INDEX)
@@ -54,11 +54,11 @@ def test_questions_name_one_object_and_skip_single_objects_when_asked(tiny_asset
     assert prompt.strip().startswith("Where is the") and "ASSISTANT: At the" in prompt
     answer = [i for i in questions[0].labels if i != IGNORE_INDEX]
     assert answer[-1] == tokenizer.eos_token_id and tokenizer.decode(answer).startswith("At the")
-    drawn = [draw_question(rng, features, tokenizer, "vicuna_v1", "color_and_shape", False) for _ in range(60)]
+    drawn = [draw_conversation(rng, features, tokenizer, "vicuna_v1", "color_and_shape", False) for _ in range(60)]
     assert 1 in {q.num_objects for q, _ in drawn}
     replay = random.Random(0)
-    first_key = draw_question(replay, features, tokenizer, "vicuna_v1", "shape", True)[1]
-    again = draw_question(random.Random(0), features, tokenizer, "vicuna_v1", "shape", True, exclude=frozenset([first_key]))
+    first_key = draw_conversation(replay, features, tokenizer, "vicuna_v1", "shape", True)[1]
+    again = draw_conversation(random.Random(0), features, tokenizer, "vicuna_v1", "shape", True, exclude=frozenset([first_key]))
     assert again[1] != first_key  # an excluded (held-out) scene is never drawn
 
 
@@ -66,7 +66,7 @@ def test_batches_label_only_the_answer(tiny_assets):
     tokenizer = AutoTokenizer.from_pretrained(tiny_assets.llm)
     features = ProbeFeatures(width=8, noise=0.0, seed=0)
     rng = random.Random(1)
-    questions = [draw_question(rng, features, tokenizer, "vicuna_v1", "color_and_shape", False)[0] for _ in range(3)]
+    questions = [draw_conversation(rng, features, tokenizer, "vicuna_v1", "color_and_shape", False)[0] for _ in range(3)]
     embed = torch.nn.Embedding(len(tokenizer), 16)
 
     class Decoder:
@@ -78,29 +78,34 @@ def test_batches_label_only_the_answer(tiny_assets):
     lengths = [len(q.input_ids) - 1 + image for q in questions]
     assert embeds.shape == (3, max(lengths), 16) and mask.sum(1).tolist() == lengths
     for row, q, length in zip(range(3), questions, lengths):
-        at = q.input_ids.index(IMAGE_TOKEN_INDEX)
-        expected = q.labels[:at] + [IGNORE_INDEX] * image + q.labels[at + 1:] + [IGNORE_INDEX] * (max(lengths) - length)
-        assert labels[row].tolist() == expected
-        assert any(label != IGNORE_INDEX for label in q.labels)
+        supervised = (labels[row] != IGNORE_INDEX).nonzero().flatten()
+        answers = [label for label in q.labels if label != IGNORE_INDEX]
+        assert labels[row, supervised].tolist() == answers and len(answers) > 0
+        assert int(supervised.max()) == length - 1  # the answer ends the row; padding after it is ignored
+        # each supervised position holds the token it is labelled with (the decoder shifts labels itself)
+        torch.testing.assert_close(embeds[row, supervised], embed(labels[row, supervised]))
 
 
 def test_multi_turn_conversations_ask_each_object_once_and_label_every_answer(tiny_assets):
     tokenizer = AutoTokenizer.from_pretrained(tiny_assets.llm)
     features = ProbeFeatures(width=8, noise=0.0, seed=0)
     rng = random.Random(3)
-    for _ in range(20):
-        q = draw_question(rng, features, tokenizer, "vicuna_v1", "color_and_shape", True, turns=3)[0]
+    turn_counts = set()
+    for _ in range(40):
+        q = draw_conversation(rng, features, tokenizer, "vicuna_v1", "color_and_shape", False, turns=3)[0]
         text = tokenizer.decode([i for i in q.input_ids if i != IMAGE_TOKEN_INDEX])
         asked = [part.split("?")[0] for part in text.split("Where is the ")[1:]]
         answers = [i for i in q.labels if i == tokenizer.eos_token_id]  # each answer ends its turn with </s>
-        assert 1 <= len(asked) <= 3 and len(set(asked)) == len(asked) == len(answers)
+        assert len(set(asked)) == len(asked) == len(answers) <= q.num_objects
         assert q.input_ids.count(IMAGE_TOKEN_INDEX) == 1
+        turn_counts.add(len(asked))
+    assert turn_counts == {1, 2, 3}
 
 
 def test_pictures_in_words_are_captions_without_image_tokens(tiny_assets):
     tokenizer = AutoTokenizer.from_pretrained(tiny_assets.llm)
     rng = random.Random(4)
-    questions = [draw_question(rng, None, tokenizer, "vicuna_v1", "color_and_shape", True)[0] for _ in range(4)]
+    questions = [draw_conversation(rng, None, tokenizer, "vicuna_v1", "color_and_shape", True)[0] for _ in range(4)]
     for q in questions:
         assert q.features is None and IMAGE_TOKEN_INDEX not in q.input_ids
         text = tokenizer.decode(q.input_ids)
@@ -150,7 +155,7 @@ def test_scoring_counts_whole_answers_by_object_count(tiny_assets):
     tokenizer = AutoTokenizer.from_pretrained(tiny_assets.llm)
     features = ProbeFeatures(width=8, noise=0.0, seed=0)
     rng = random.Random(2)
-    questions = [draw_question(rng, features, tokenizer, "vicuna_v1", "color_and_shape", False)[0] for _ in range(30)]
+    questions = [draw_conversation(rng, features, tokenizer, "vicuna_v1", "color_and_shape", False)[0] for _ in range(30)]
     projector = torch.nn.Linear(8, 4)
     right = held_out_accuracy(questions, _Oracle(questions, len(tokenizer), 1), projector, batch_size=30)
     wrong = held_out_accuracy(questions, _Oracle(questions, len(tokenizer), 0), projector, batch_size=30)
@@ -158,21 +163,43 @@ def test_scoring_counts_whole_answers_by_object_count(tiny_assets):
     assert all(a == 1.0 for a in right.values()) and all(a == 0.0 for a in wrong.values())
 
 
-def test_command_trains_scores_and_writes_history(tiny_assets, tmp_path):
+def _recording(monkeypatch, name: str) -> list:
+    """Replace lookup_probe.`name` by a wrapper that records each call's first argument."""
+    calls, original = [], getattr(lookup_probe, name)
+    def wrapper(first, *args, **kwargs):
+        calls.append(first)
+        return original(first, *args, **kwargs)
+    monkeypatch.setattr(lookup_probe, name, wrapper)
+    return calls
+
+
+def _turns(conversation, eos_token_id: int) -> int:
+    return conversation.labels.count(eos_token_id)  # each answer ends its turn with </s>
+
+
+def test_command_trains_scores_and_writes_history(tiny_assets, tmp_path, monkeypatch):
     out = tmp_path / "probe.json"
-    assert lookup_probe.main(["--llm", str(tiny_assets.llm), "--steps", "2", "--batch-size", "4", "--eval-every", "1", "--turns", "2",
-                              "--eval-questions", "12", "--json", str(out)]) == 0
+    batches, held_out = _recording(monkeypatch, "embed_batch"), _recording(monkeypatch, "held_out_accuracy")
+    assert lookup_probe.main(["--llm", str(tiny_assets.llm), "--steps", "2", "--batch-size", "16", "--eval-every", "1",
+                              "--turns", "2", "--eval-questions", "12", "--json", str(out)]) == 0
     history = json.loads(out.read_text())["history"]
     assert [entry["step"] for entry in history] == [1, 2]
     assert all(0.0 <= a <= 1.0 for entry in history for a in entry["accuracy_by_objects"].values())
-    assert lookup_probe.main(["--llm", str(tiny_assets.llm), "--steps", "1", "--batch-size", "2", "--eval-questions", "4",
-                              "--picture", "words"]) == 0
+    eos = AutoTokenizer.from_pretrained(tiny_assets.llm).eos_token_id
+    assert {_turns(q, eos) for q in held_out[0]} == {1}  # held-out questions are single-turn
+    assert 2 in {_turns(q, eos) for q in batches[0]}  # training asks --turns questions where it can
+    assert all(q.features is not None for q in batches[0])
+    batches.clear()
+    assert lookup_probe.main(["--llm", str(tiny_assets.llm), "--steps", "1", "--batch-size", "2",
+                              "--eval-questions", "4", "--picture", "words"]) == 0
+    assert batches and all(q.features is None for batch in batches for q in batch)
 
 
 def test_bad_options_are_one_error_line(tiny_assets, tmp_path, capsys):
     for argv, needle in ((["--llm", str(tmp_path / "missing")], "--llm"),
                          (["--llm", str(tiny_assets.llm), "--steps", "0"], "--steps must be at least 1"),
                          (["--llm", str(tiny_assets.llm), "--turns", "0"], "--turns must be at least 1"),
+                         (["--llm", str(tiny_assets.llm), "--conv-template", "plain"], "captioning layout"),
                          (["--llm", str(tiny_assets.llm), "--conv-template", "nope"], "--conv-template"),
                          (["--llm", str(tiny_assets.llm), "--learning-rate", "0"], "--learning-rate"),
                          (["--llm", str(tiny_assets.llm), "--noise", "-1"], "--noise"),

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava.conversation import get_conv_template
+from llava.conversation import SeparatorStyle, get_conv_template
 from llava.errors import DamagedInputError, UsageError, require_output_file, run_main
 from llava.tiny.images import (
     COLORS,
@@ -94,7 +94,9 @@ class ProbeFeatures:
 
 
 @dataclass
-class ProbeQuestion:
+class ProbeConversation:
+    """One picture and its position questions, tokenized; held-out ones ask one question."""
+
     features: torch.Tensor | None  # [N, F]; None when the picture is described in words
     input_ids: list[int]  # the conversation's token ids, IMAGE_TOKEN_INDEX where the image goes
     labels: list[int]  # the answer tokens' ids (end of turn included), IGNORE_INDEX elsewhere
@@ -113,9 +115,9 @@ def scene_key(scene: Scene) -> str:
     return json.dumps(scene_to_dict(scene), sort_keys=True)
 
 
-def draw_question(rng: random.Random, features: ProbeFeatures | None, tokenizer, template: str, kind: str,
-                  multi_object_only: bool, noise_generator: torch.Generator | None = None,
-                  exclude: frozenset[str] = frozenset(), turns: int = 1) -> tuple[ProbeQuestion, str]:
+def draw_conversation(rng: random.Random, features: ProbeFeatures | None, tokenizer, template: str, kind: str,
+                      multi_object_only: bool, noise_generator: torch.Generator | None = None,
+                      exclude: frozenset[str] = frozenset(), turns: int = 1) -> tuple[ProbeConversation, str]:
     """A random scene (none of `exclude`'s keys) with position questions about up to `turns` of its
     objects, one per turn, tokenized in `template` as training tokenizes it; and the scene's key.
     With `features` None the picture is its caption in words ("Picture: A red circle at the top ..."),
@@ -125,32 +127,35 @@ def draw_question(rng: random.Random, features: ProbeFeatures | None, tokenizer,
         named = _named_objects(scene, kind)
         if named and (len(scene.objects) > 1 or not multi_object_only) and scene_key(scene) not in exclude:
             break
-    conversation = []
+    picture = DEFAULT_IMAGE_TOKEN if features is not None else f"Picture: {describe_scene(scene)}"
+    messages = []
     for obj in rng.sample(named, min(turns, len(named))):
         question, answer = position_question(obj)
         if kind == "shape":
             question = f"Where is the {obj.shape}?"
-        picture = DEFAULT_IMAGE_TOKEN if features is not None else f"Picture: {describe_scene(scene)}"
-        prefix = f"{picture}\n" if not conversation else ""
-        conversation += [{"from": "human", "value": prefix + question}, {"from": "gpt", "value": answer}]
-    input_ids, labels = tokenize_conversation(conversation, tokenizer, template, has_image=features is not None)
+        prefix = f"{picture}\n" if not messages else ""
+        messages += [{"from": "human", "value": prefix + question}, {"from": "gpt", "value": answer}]
+    input_ids, labels = tokenize_conversation(messages, tokenizer, template, has_image=features is not None)
     patches = features(scene, noise_generator) if features is not None else None
-    question = ProbeQuestion(patches, input_ids.tolist(), labels.tolist(), len(scene.objects))
-    return question, scene_key(scene)
+    conversation = ProbeConversation(patches, input_ids.tolist(), labels.tolist(), len(scene.objects))
+    return conversation, scene_key(scene)
 
 
-def embed_batch(questions: list[ProbeQuestion], model, projector: nn.Module):
-    """Right-padded input embeddings [B, T, D], labels [B, T] (answer tokens only) and attention mask [B, T]."""
+def embed_batch(conversations: list[ProbeConversation], model, projector: nn.Module | None):
+    """Right-padded input embeddings [B, T, D], labels [B, T] (answer tokens only) and attention mask [B, T].
+
+    `projector` maps patch features to the decoder's width; None when the pictures are in words."""
     embed = model.get_input_embeddings()
     rows, labels = [], []
-    for q in questions:
+    for q in conversations:
         if q.features is None:  # the picture is in words
             rows.append(embed(torch.tensor(q.input_ids)))  # [T_i, D]
             labels.append(torch.tensor(q.labels))
             continue
         at = q.input_ids.index(IMAGE_TOKEN_INDEX)
         image = projector(q.features)  # [N, D]
-        row = torch.cat([embed(torch.tensor(q.input_ids[:at])), image, embed(torch.tensor(q.input_ids[at + 1:]))])  # [T_i, D]
+        before, after = embed(torch.tensor(q.input_ids[:at])), embed(torch.tensor(q.input_ids[at + 1:]))
+        row = torch.cat([before, image, after])  # [T_i, D]
         label = torch.tensor(q.labels[:at] + [IGNORE_INDEX] * image.shape[0] + q.labels[at + 1:])  # [T_i]
         rows.append(row)
         labels.append(label)
@@ -162,7 +167,8 @@ def embed_batch(questions: list[ProbeQuestion], model, projector: nn.Module):
 
 
 @torch.no_grad()
-def held_out_accuracy(questions: list[ProbeQuestion], model, projector: nn.Module, batch_size: int = 100) -> dict:
+def held_out_accuracy(questions: list[ProbeConversation], model, projector: nn.Module | None,
+                      batch_size: int = 100) -> dict:
     """Teacher-forced exact match of the whole answer, by number of objects: {n: accuracy}."""
     model.eval()
     right: dict[int, int] = {}
@@ -184,19 +190,21 @@ def run_probe(args) -> list[dict]:
     """Train projector and decoder on position questions; held-out accuracy every `eval_every` steps."""
     tokenizer, model = load_decoder(args.llm)
     hidden = model.get_input_embeddings().embedding_dim
-    features = ProbeFeatures(args.feature_width, args.noise, args.seed) if args.picture == "features" else None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed + 1)
-        projector = nn.Sequential(nn.Linear(args.feature_width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+    features, projector = None, None
+    if args.picture == "features":
+        features = ProbeFeatures(args.feature_width, args.noise, args.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed + 1)
+            projector = nn.Sequential(nn.Linear(args.feature_width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
     def draw(rng, noise, exclude=frozenset(), turns=1):
-        return draw_question(rng, features, tokenizer, args.conv_template, args.question, args.multi_object_only,
-                             noise, exclude, turns)
+        return draw_conversation(rng, features, tokenizer, args.conv_template, args.question, args.multi_object_only,
+                                 noise, exclude, turns)
     eval_rng, train_rng = random.Random(f"probe-eval-{args.seed}"), random.Random(f"probe-train-{args.seed}")
     eval_noise = torch.Generator().manual_seed(args.seed + 2)
     train_noise = torch.Generator().manual_seed(args.seed + 3)
     held_out, held_out_keys = zip(*(draw(eval_rng, eval_noise) for _ in range(args.eval_questions)))
     held_out, held_out_keys = list(held_out), frozenset(held_out_keys)
-    parameters = list(model.parameters()) + list(projector.parameters())
+    parameters = list(model.parameters()) + (list(projector.parameters()) if projector is not None else [])
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=0.0)
     history = []
     progress = tqdm(range(1, args.steps + 1), desc="training on position questions", unit="step")
@@ -219,8 +227,6 @@ def run_probe(args) -> list[dict]:
 def load_decoder(name_or_path: str):
     """The tokenizer and the float32 decoder of `name_or_path` (`--llm`); problems are one error."""
     tokenizer = load_tokenizer(name_or_path, "--llm")
-    if tokenizer.eos_token_id is None:
-        raise UsageError(f"--llm {name_or_path}: its tokenizer has no end-of-sequence token to end the answers with.")
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as error:
@@ -247,8 +253,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--eval-questions", type=int, default=300)
-    parser.add_argument("--feature-width", type=int, default=64)
-    parser.add_argument("--noise", type=float, default=0.3, help="std of the Gaussian noise added to every feature")
+    parser.add_argument("--feature-width", type=int, default=64,
+                        help="width of the patch features (--picture features)")
+    parser.add_argument("--noise", type=float, default=0.3,
+                        help="std of the Gaussian noise added to every patch feature (--picture features)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the accuracy history here")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -257,9 +265,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_args(args) -> None:
     try:
-        get_conv_template(args.conv_template)
+        template = get_conv_template(args.conv_template)
     except ValueError as error:
         raise UsageError(f"--conv-template: {error}") from None
+    if template.sep_style is SeparatorStyle.PLAIN:
+        raise UsageError(f"--conv-template {args.conv_template} is stage 1's captioning layout, which has no "
+                         "question; give a chat template, e.g. your decoder's (vicuna_v1 for the tiny one).")
     for option in ("turns", "steps", "batch_size", "eval_every", "eval_questions", "feature_width"):
         if getattr(args, option) < 1:
             raise UsageError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
