@@ -117,6 +117,23 @@ def require_output_file(path: str | os.PathLike, option: str) -> None:
                          "another path.")
 
 
+def require_output_folder(path: str | os.PathLike, option: str, wanted: str = "a folder") -> Path:
+    """`path` is a folder or one can be made there (checked before minutes of work): not a file, not
+    under a file, below a folder that can be written; else a `UsageError` naming `option`. The
+    file case says "give `wanted`"."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path} is a file; give {wanted}.")
+    nearest = path.absolute()
+    while not nearest.exists():  # the folders from here down are made by the run
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise UsageError(f"{option} {path}: {nearest} is a file, so the folder cannot be created; choose another path.")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: {nearest} is not writable; choose a folder you can write to.")
+    return path
+
+
 def read_json_file(path: str | os.PathLike, what: str = "JSON file"):
     """Parse `path`; damaged JSON is a `DamagedInputError` naming the file and the line."""
     path = Path(path)

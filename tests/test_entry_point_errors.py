@@ -399,6 +399,10 @@ def test_merge_lora_bad_paths(files, tmp_path, capsys):
     (run / "adapter_config.json").write_text('{"r": 4}')
     fails(capsys, 1, merge_lora_main, ["--model-path", run, "--model-base", files / "folder", "--save-model-path",
                                        out], "lacks adapter_model.safetensors")
+    fails(capsys, 2, merge_lora_main, ["--model-path", run, "--model-base", files / "folder", "--save-model-path",
+                                       files / "plain.txt" / "merged"], "--save-model-path", "cannot be created")
+    fails(capsys, 2, merge_lora_main, ["--model-path", run, "--model-base", files / "folder", "--save-model-path",
+                                       run], "--save-model-path", "not an empty folder")
 
 
 def test_model_vqa_bad_options(files, tmp_path, capsys):

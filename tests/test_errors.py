@@ -17,6 +17,7 @@ from llava.errors import (
     one_line,
     read_json_file,
     read_safetensors_header,
+    require_output_folder,
     require_path,
     run_main,
     torch_load_file,
@@ -137,6 +138,18 @@ def test_require_path_expands_the_home_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "f").write_text("")
     assert require_path("~/f", "--x", "file") == tmp_path / "f"
+
+
+def test_require_output_folder(tmp_path):
+    file = tmp_path / "a.txt"
+    file.write_text("")
+    new = tmp_path / "runs" / "first"
+    assert require_output_folder(new, "--out") == new and not new.exists()  # checked, not made
+    assert require_output_folder(tmp_path, "--out") == tmp_path
+    with pytest.raises(UsageError, match=r"^--out .*a.txt is a file; give a folder for the assets\.$"):
+        require_output_folder(file, "--out", "a folder for the assets")
+    with pytest.raises(UsageError, match=r"^--dst .*a.txt/x/y: .*a.txt is a file, so the folder cannot be created"):
+        require_output_folder(file / "x" / "y", "--dst")
 
 
 # ----------------------------------------------------------------------------- readers

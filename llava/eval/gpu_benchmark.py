@@ -26,14 +26,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 
 import torch
 import transformers
 from transformers.utils import is_flash_attn_2_available, is_torch_flex_attn_available
 
-from llava.errors import UsageError, one_line, run_main
+from llava.errors import UsageError, one_line, require_output_folder, run_main
 from llava.eval.gpu_report import (
     add_reductions,
     format_markdown,
@@ -244,8 +243,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     settings = settings_from_args(args)
     require_device(settings.device)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a file; give a folder.")
+    require_output_folder(args.out, "--out")
     try:
         build_variants(load_model_spec(settings.preset), list(settings.start_layers), settings.layers)
     except ValueError as error:  # the presets' and configs' own checks of the options

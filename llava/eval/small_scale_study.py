@@ -31,7 +31,7 @@ import sys
 from argparse import Namespace
 from pathlib import Path
 
-from llava.errors import UsageError, UserError, run_main
+from llava.errors import UsageError, UserError, require_output_folder, run_main
 from llava.serve.inference import check_device
 from llava.tiny.build import DEFAULT_TINY_DIR
 from llava.tiny.models import TINY_LLM_CONFIG
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = resolve_settings(args)
-    out = Path(args.out)
+    out = require_output_folder(args.out, "--out", "a folder for the study (new, or one of its runs to continue)")
     check_settings(out, settings)
     data = prepare_data(out, settings)
     checkpoints = {kind: train(kind, out, data, settings) for kind in ("baseline", "proxyv")}

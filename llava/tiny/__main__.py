@@ -7,10 +7,9 @@ stderr and exit status 2; a folder that cannot be written, status 1 (`llava.erro
 
 import argparse
 import logging
-import os
 import sys
 
-from llava.errors import UsageError, run_main
+from llava.errors import UsageError, require_output_folder, run_main
 
 from .build import (
     DEFAULT_CLIP_PRETRAIN_STEPS,
@@ -49,16 +48,7 @@ def main(argv=None) -> int:
         raise UsageError(f"--num-scenes must be >= 8, got {args.num_scenes}.")
     if not 0 <= args.seed < 2**32:
         raise UsageError(f"--seed must be in [0, 2**32), got {args.seed}.")
-    out = os.path.expanduser(args.out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out {args.out} is a file; give a folder for the assets (new, or built before).")
-    parent = os.path.dirname(os.path.abspath(out))
-    while not os.path.exists(parent):  # the nearest folder that exists must be one we can create folders in
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise UsageError(f"--out {args.out}: {parent} is a file, so the folder cannot be created; choose another path.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {args.out}: {parent} is not writable; choose a folder you can write to.")
+    out = require_output_folder(args.out, "--out", "a folder for the assets (new, or built before)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     assets = build_tiny_assets(out, seed=args.seed, llm_text_steps=args.llm_text_steps, family=args.family,
                                clip_pretrain_steps=args.clip_pretrain_steps, num_scenes=args.num_scenes)

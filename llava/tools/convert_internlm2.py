@@ -58,7 +58,7 @@ from pathlib import Path
 
 import torch
 
-from llava.errors import DamagedInputError, UsageError, run_main
+from llava.errors import DamagedInputError, UsageError, require_output_folder, run_main
 
 logger = logging.getLogger(__name__)
 
@@ -424,17 +424,11 @@ def report_tokenizer(copied: list[str], src: Path, dst: Path) -> None:
 def check_paths(src: Path, dst: Path, force: bool) -> None:
     if not src.is_dir():
         raise UsageError(f"--src {src} is not a folder; point it at the InternLM2 checkpoint folder.")
-    if dst.exists() and not dst.is_dir():
-        raise UsageError(f"--dst {dst} is a file; choose a new or empty folder.")
+    require_output_folder(dst, "--dst", "a new or empty folder")
     if dst.exists() and dst.resolve() == src.resolve():
         raise UsageError(f"--dst {dst} is the --src folder; choose a new or empty folder.")
     if dst.is_dir() and any(dst.iterdir()) and not force:
         raise UsageError(f"--dst {dst} is not empty; choose a new or empty folder, or pass --force to write into it.")
-    parent = dst.absolute().parent
-    while not parent.exists():  # checked now, not after reading gigabytes of weights
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"--dst {dst}: {parent} is a file, so the folder cannot be created; choose another path.")
 
 
 def convert(src: Path, dst: Path, dtype: str | None = None, force: bool = False,

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from llava.errors import UsageError, read_json_file, require_path, run_main
+from llava.errors import UsageError, read_json_file, require_output_folder, require_path, run_main
 from llava.model.builder import load_pretrained_model, resolve_dtype
 from llava.model.lora_weights import is_lora_folder
 
@@ -39,8 +39,8 @@ def _check_paths(args) -> None:
     if not is_lora_folder(args.model_path):
         raise UsageError(f"--model-path {args.model_path} has no adapter_config.json, so it is not a LoRA output; "
                          "point it at the folder a --lora_enable True run wrote.")
-    if os.path.exists(args.save_model_path) and (not os.path.isdir(args.save_model_path)
-                                                 or os.listdir(args.save_model_path)):
+    save_path = require_output_folder(args.save_model_path, "--save-model-path", "a new folder")
+    if save_path.is_dir() and any(save_path.iterdir()):
         raise UsageError(f"--save-model-path {args.save_model_path} exists and is not an empty folder; give a new one.")
 
 

@@ -12,14 +12,13 @@ template or choice, malformed `--image_grid_pinpoints`, a `--deepspeed` file tha
 
 import importlib.util
 import json
-import os
 import re
 from dataclasses import dataclass, field
 
 import torch
 import transformers
 
-from llava.errors import DamagedInputError, UsageError, read_json_file, require_path
+from llava.errors import DamagedInputError, UsageError, read_json_file, require_output_folder, require_path
 from llava.model.backends import ATTN_IMPLEMENTATIONS
 
 NO_REDUCTION = (None, "", "none")
@@ -183,8 +182,8 @@ class TrainingArguments(transformers.TrainingArguments):
             raise UsageError(f"--num_train_epochs must be > 0 (or give --max_steps), got {self.num_train_epochs}.")
         if not 0 <= self.max_bad_sample_fraction <= 1:
             raise UsageError(f"--max_bad_sample_fraction must be in [0, 1], got {self.max_bad_sample_fraction}.")
-        if self.output_dir and os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
-            raise UsageError(f"--output_dir {self.output_dir} is a file; give a folder (new or to resume in).")
+        if self.output_dir:
+            require_output_folder(self.output_dir, "--output_dir", "a folder (new or to resume in)")
         self._check_deepspeed_config()
         self._check_precision_without_cuda()
         self._check_lora_options()

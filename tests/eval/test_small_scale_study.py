@@ -35,6 +35,15 @@ def test_bad_options_are_one_line_errors(argv, message, tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+def test_an_out_that_is_or_lies_under_a_file_is_one_line_error(tmp_path, capsys):
+    file = tmp_path / "notes.txt"
+    file.write_text("")
+    for out, message in ((file, "is a file; give a folder for the study"), (file / "s", "cannot be created")):
+        assert run_main(study.main, ["--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --out {out}") and message in err and err.count("\n") == 1
+
+
 def test_settings_are_the_preset_with_overrides_and_a_folder_keeps_its_settings(tmp_path):
     settings = study.resolve_settings(study.parse_args(["--quick", "--stage2-epochs", "1", "--tiny-dir", "t"]))
     assert settings["scenes_per_group"] == study.PRESETS["quick"]["scenes_per_group"]
