@@ -10,9 +10,9 @@ Vicuna) are trained in float32 on position questions in a chat template (`--conv
 the tiny models' `vicuna_v1`: give your decoder's own), tokenized and labelled as training does
 (`llava.train.preprocess`); `--turns N` asks about up to N of a training picture's objects, one per
 turn, as LLaVA's multi-turn records do; `--picture words` gives the picture as its caption in words
-instead, a text-only look-up (no projector). Accuracy on held-out scenes (single-turn questions, never drawn
-for training; teacher-forced exact match of the whole answer) is printed by number of objects in the
-picture, where a random pick among the objects scores 100% / 50% / 33%.
+instead, a text-only look-up (no projector). Accuracy on held-out scenes (single-turn questions,
+never drawn for training; teacher-forced exact match of the whole answer) is printed by number of
+objects in the picture, where a random pick among the objects scores 100% / 50% / 33%.
 
     python -m llava.tiny.lookup_probe --llm playground/tiny/tiny-vicuna --steps 2500 --multi-object-only
 
