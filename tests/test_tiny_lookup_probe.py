@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import torch
 from transformers import AutoTokenizer
@@ -212,3 +213,10 @@ def test_bad_options_are_one_error_line(tiny_assets, tmp_path, capsys):
     assert run_main(lookup_probe.main, ["--llm", str(not_a_model)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --llm") and "config.json" in err[0]
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_assets.llm, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert run_main(lookup_probe.main, ["--llm", str(damaged)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --llm {damaged}: ") and "model.safetensors is damaged" in err[0]

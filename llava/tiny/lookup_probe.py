@@ -26,11 +26,13 @@ import argparse
 import json
 import logging
 import math
+import os
 import random
 import sys
 from dataclasses import dataclass
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM
@@ -38,6 +40,7 @@ from transformers import AutoModelForCausalLM
 from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import SeparatorStyle, get_conv_template
 from llava.errors import DamagedInputError, UsageError, require_output_file, run_main
+from llava.model.builder import check_checkpoint_files
 from llava.tiny.images import (
     COLORS,
     POSITIONS,
@@ -125,7 +128,8 @@ def draw_conversation(rng: random.Random, features: ProbeFeatures | None, tokeni
     while True:
         scene = random_scene(rng)
         named = _named_objects(scene, kind)
-        if named and (len(scene.objects) > 1 or not multi_object_only) and scene_key(scene) not in exclude:
+        key = scene_key(scene)
+        if named and (len(scene.objects) > 1 or not multi_object_only) and key not in exclude:
             break
     picture = DEFAULT_IMAGE_TOKEN if features is not None else f"Picture: {describe_scene(scene)}"
     messages = []
@@ -138,7 +142,7 @@ def draw_conversation(rng: random.Random, features: ProbeFeatures | None, tokeni
     input_ids, labels = tokenize_conversation(messages, tokenizer, template, has_image=features is not None)
     patches = features(scene, noise_generator) if features is not None else None
     conversation = ProbeConversation(patches, input_ids.tolist(), labels.tolist(), len(scene.objects))
-    return conversation, scene_key(scene)
+    return conversation, key
 
 
 def embed_batch(conversations: list[ProbeConversation], model, projector: nn.Module | None):
@@ -162,7 +166,8 @@ def embed_batch(conversations: list[ProbeConversation], model, projector: nn.Mod
     length = max(row.shape[0] for row in rows)
     mask = torch.stack([torch.arange(length) < row.shape[0] for row in rows]).long()  # [B, T]
     embeds = torch.stack([nn.functional.pad(row, (0, 0, 0, length - row.shape[0])) for row in rows])  # [B, T, D]
-    labels = torch.stack([nn.functional.pad(label, (0, length - label.shape[0]), value=-100) for label in labels])
+    labels = torch.stack([nn.functional.pad(label, (0, length - label.shape[0]), value=IGNORE_INDEX)
+                          for label in labels])  # [B, T]
     return embeds, labels, mask
 
 
@@ -178,7 +183,7 @@ def held_out_accuracy(questions: list[ProbeConversation], model, projector: nn.M
         embeds, labels, mask = embed_batch(chunk, model, projector)
         predicted = model(inputs_embeds=embeds, attention_mask=mask).logits[:, :-1].argmax(-1)  # [B, T-1]
         target = labels[:, 1:]
-        exact = ((predicted == target) | (target == -100)).all(-1)  # [B]
+        exact = ((predicted == target) | (target == IGNORE_INDEX)).all(-1)  # [B]
         for q, ok in zip(chunk, exact.tolist()):
             right[q.num_objects] = right.get(q.num_objects, 0) + int(ok)
             total[q.num_objects] = total.get(q.num_objects, 0) + 1
@@ -227,9 +232,14 @@ def run_probe(args) -> list[dict]:
 def load_decoder(name_or_path: str):
     """The tokenizer and the float32 decoder of `name_or_path` (`--llm`); problems are one error."""
     tokenizer = load_tokenizer(name_or_path, "--llm")
+    if os.path.isdir(name_or_path):
+        try:  # a damaged weights file is named before transformers fails on it without a name
+            check_checkpoint_files(name_or_path)
+        except DamagedInputError as error:
+            raise DamagedInputError(f"--llm {name_or_path}: {error}") from error
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, SafetensorError) as error:
         raise DamagedInputError(f"--llm {name_or_path}: no causal language model loads from it ({error}); give a "
                                 "decoder folder, e.g. playground/tiny/tiny-vicuna (python -m llava.tiny builds it).") from error
     return tokenizer, model.train()
